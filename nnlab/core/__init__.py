@@ -1,0 +1,17 @@
+"""nnlab.core: a from-scratch NumPy MLP and its training loop. Imports neither Hydra nor MLflow."""
+from .activations import ACTIVATIONS, Activation, get_activation
+from .diagnostics import GradNormMeter, activation_stats
+from .initializers import INITIALIZERS, get_initializer
+from .losses import l2_penalty, log_softmax, softmax, softmax_cross_entropy
+from .network import MLP, Dense, Module, hidden_sizes
+from .optim import OPTIMIZERS, SCHEDULES, SGD, Adam, Momentum, Optimizer, get_schedule, make_optimizer
+from .train import (DivergenceError, History, TrainConfig, accuracy, evaluate, fit, loss_and_grads, predict,
+                    train_epoch)
+
+__all__ = [
+    "ACTIVATIONS", "Activation", "get_activation", "GradNormMeter", "activation_stats", "INITIALIZERS",
+    "get_initializer", "l2_penalty", "log_softmax", "softmax", "softmax_cross_entropy", "MLP", "Dense", "Module",
+    "hidden_sizes", "OPTIMIZERS", "SCHEDULES", "SGD", "Adam", "Momentum", "Optimizer", "get_schedule",
+    "make_optimizer", "DivergenceError", "History", "TrainConfig", "accuracy", "evaluate", "fit",
+    "loss_and_grads", "predict", "train_epoch",
+]

@@ -1,0 +1,57 @@
+"""The per-epoch statistics nnlab reports: gradient norms and activation statistics.
+
+Names returned here are the MLflow metric names (see DESIGN.md); layer i = 1 is nearest the input.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .network import MLP
+
+Array = np.ndarray
+
+
+def squared_norms(grads: list[Array]) -> Array:
+    """Squared L2 norm of each gradient array, as float64 (len(grads),)."""
+    return np.array([np.vdot(g, g) for g in grads], dtype=np.float64)
+
+
+class GradNormMeter:
+    """Accumulates per-step gradient norms and reports their mean over an epoch's steps."""
+
+    def __init__(self, n_layers: int):
+        self.n_layers = n_layers
+        self.reset()
+
+    def reset(self) -> None:
+        self._layer_sum = np.zeros(self.n_layers)
+        self._global_sum = 0.0
+        self._steps = 0
+
+    def update(self, grads: list[Array]) -> None:
+        """Add one step's gradients ``[dW1, db1, dW2, db2, ...]``."""
+        sq = squared_norms(grads)
+        self._layer_sum += np.sqrt(sq[0::2])  # weight gradients only, per layer
+        self._global_sum += float(np.sqrt(sq.sum()))
+        self._steps += 1
+
+    def summary(self) -> dict[str, float]:
+        steps = max(self._steps, 1)
+        out = {f"grad_norm/layer_{i}": float(s / steps) for i, s in enumerate(self._layer_sum, 1)}
+        out["grad_norm/global"] = self._global_sum / steps
+        return out
+
+
+def activation_stats(model: MLP, x_probe: Array) -> dict[str, float]:
+    """Mean, std and saturation (or dead fraction) of each hidden layer's output on a probe batch.
+
+    Runs a forward pass on ``x_probe`` (N, n_in); the caches it overwrites are rebuilt by the
+    next training step.
+    """
+    model.forward(x_probe)
+    stats: dict[str, float] = {}
+    for i, (z, a) in enumerate(model.hidden_activations(), 1):
+        stats[f"act_mean/layer_{i}"] = float(a.mean(dtype=np.float64))
+        stats[f"act_std/layer_{i}"] = float(a.std(dtype=np.float64))
+        stats[f"act_saturation/layer_{i}"] = model.activation.saturated(z, a)
+    return stats

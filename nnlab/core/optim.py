@@ -1,0 +1,144 @@
+"""Optimisers and learning-rate schedules.
+
+An optimiser keeps only its own state (velocities, moments) and is handed ``(params, grads)`` at
+each step; it updates ``params`` in place. ``lr`` is a plain attribute so a schedule can set it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import numpy as np
+
+Array = np.ndarray
+
+
+def _positive(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _fraction(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return float(value)
+
+
+class Optimizer:
+    def __init__(self, lr: float):
+        self.lr = _positive("lr", lr)
+
+    def step(self, params: list[Array], grads: list[Array]) -> None:
+        raise NotImplementedError
+
+
+class SGD(Optimizer):
+    """p <- p - lr * g"""
+
+    def step(self, params: list[Array], grads: list[Array]) -> None:
+        for p, g in zip(params, grads):
+            p -= self.lr * g
+
+
+class Momentum(Optimizer):
+    """Heavy-ball momentum, optionally Nesterov (Sutskever et al. 2013 form).
+
+    v <- mu v - lr g;  p <- p + v            (classic)
+    v <- mu v - lr g;  p <- p + mu v - lr g  (Nesterov: the step looks ahead along v)
+    """
+
+    def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False):
+        super().__init__(lr)
+        self.momentum = _fraction("momentum", momentum)
+        self.nesterov = bool(nesterov)
+        self.velocities: list[Array] | None = None
+
+    def step(self, params: list[Array], grads: list[Array]) -> None:
+        if self.velocities is None:
+            self.velocities = [np.zeros_like(p) for p in params]
+        for p, g, v in zip(params, grads, self.velocities):
+            v *= self.momentum
+            v -= self.lr * g
+            if self.nesterov:
+                p += self.momentum * v - self.lr * g
+            else:
+                p += v
+
+
+class Adam(Optimizer):
+    """Kingma & Ba 2015, Algorithm 1, with the bias corrections folded into the step size."""
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
+        super().__init__(lr)
+        self.beta1 = _fraction("beta1", beta1)
+        self.beta2 = _fraction("beta2", beta2)
+        self.eps = _positive("eps", eps)
+        self.t = 0
+        self.m: list[Array] | None = None
+        self.v: list[Array] | None = None
+
+    def step(self, params: list[Array], grads: list[Array]) -> None:
+        if self.m is None:
+            self.m = [np.zeros_like(p) for p in params]
+            self.v = [np.zeros_like(p) for p in params]
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
+        # lr * m_hat / (sqrt(v_hat) + eps) == (lr / c1) * m / (sqrt(v) / sqrt(c2) + eps)
+        step_size = self.lr / c1
+        inv_sqrt_c2 = 1.0 / math.sqrt(c2)
+        for p, g, m, v in zip(params, grads, self.m, self.v):
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * g * g
+            denom = np.sqrt(v)
+            denom *= inv_sqrt_c2
+            denom += self.eps
+            p -= step_size * m / denom
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam}
+
+
+def make_optimizer(name: str, **params) -> Optimizer:
+    """Build an optimiser by name: ``sgd(lr)``, ``momentum(lr, momentum, nesterov)``, ``adam(lr, beta1, beta2, eps)``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(sorted(OPTIMIZERS))}")
+    try:
+        return OPTIMIZERS[name](**params)
+    except TypeError as err:
+        raise ValueError(f"optimizer {name!r}: {err}") from None
+
+
+# --- learning-rate schedules: (base_lr, epoch (0-based), total epochs) -> lr for that epoch
+Schedule = Callable[[float, int, int], float]
+
+
+def _step_schedule(base_lr: float, epoch: int, epochs: int, step_size: int = 30, gamma: float = 0.1) -> float:
+    return base_lr * gamma ** (epoch // step_size)
+
+
+def _cosine_schedule(base_lr: float, epoch: int, epochs: int, min_lr: float = 0.0) -> float:
+    return min_lr + 0.5 * (base_lr - min_lr) * (1 + math.cos(math.pi * epoch / max(epochs, 1)))
+
+
+SCHEDULES: dict[str, Callable[..., float]] = {
+    "constant": lambda base_lr, epoch, epochs: base_lr,
+    "step": _step_schedule,
+    "cosine": _cosine_schedule,
+}
+
+
+def get_schedule(name: str, **params) -> Schedule:
+    """A schedule by name (``constant``, ``step(step_size, gamma)``, ``cosine(min_lr)``)."""
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name!r}; valid choices: {', '.join(sorted(SCHEDULES))}")
+    fn = SCHEDULES[name]
+    if params:
+        valid = fn.__code__.co_varnames[3 : fn.__code__.co_argcount]
+        unknown = set(params) - set(valid)
+        if unknown:
+            raise ValueError(f"schedule {name!r} got unknown parameter(s) {sorted(unknown)}; valid: {list(valid)}")
+    return lambda base_lr, epoch, epochs: fn(base_lr, epoch, epochs, **params)

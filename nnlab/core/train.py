@@ -1,0 +1,182 @@
+"""The training loop: shuffled mini-batches, per-epoch metrics through a callback.
+
+``fit`` reports epoch 0 (the network at initialisation, before any update) and then one record
+per epoch; each record is a flat ``{metric name: value}`` dict using the names of the record.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .diagnostics import GradNormMeter, activation_stats
+from .losses import l2_penalty, softmax_cross_entropy
+from .network import MLP
+from .optim import Optimizer, get_schedule
+
+Array = np.ndarray
+Callback = Callable[[int, dict[str, float]], None]
+
+
+class DivergenceError(FloatingPointError):
+    """Training produced a NaN or infinite loss."""
+
+    def __init__(self, epoch: int, loss: float):
+        self.epoch, self.loss = epoch, loss
+        super().__init__(f"training diverged at epoch {epoch}: loss is {loss}")
+
+
+@dataclass
+class TrainConfig:
+    """How to train: epochs, mini-batch size, L2 weight decay, lr schedule, early stopping."""
+
+    epochs: int = 30
+    batch_size: int = 32
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    schedule_params: dict = field(default_factory=dict)
+    patience: int | None = None  # stop after this many epochs without a better val_acc
+    probe_size: int = 512  # training samples used for activation statistics
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "probe_size"):
+            value = getattr(self, name)
+            low = 0 if name == "epochs" else 1
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and 0 <= self.weight_decay < math.inf):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
+        if self.patience is not None and (not isinstance(self.patience, (int, np.integer)) or self.patience < 1):
+            raise ValueError(f"patience must be None or an integer >= 1, got {self.patience!r}")
+        get_schedule(self.schedule, **self.schedule_params)  # fail now on a bad name
+
+
+@dataclass
+class History:
+    """Per-epoch records (epoch 0 = at initialisation) and the run's summary numbers."""
+
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    train_seconds: float = 0.0
+
+    @property
+    def epochs_run(self) -> int:
+        return len(self.epochs) - 1
+
+    @property
+    def best_val_acc(self) -> float:
+        return max(e["val_acc"] for e in self.epochs)
+
+    def metric(self, name: str) -> Array:
+        """One metric over epochs 0..epochs_run."""
+        return np.array([e[name] for e in self.epochs])
+
+
+def predict(model: MLP, x: Array, batch_size: int = 4096) -> Array:
+    """Predicted class of each row of ``x`` (N, n_in) -> (N,)."""
+    return np.concatenate([model.forward(x[i : i + batch_size]).argmax(axis=1) for i in range(0, len(x), batch_size)])
+
+
+def accuracy(model: MLP, x: Array, y: Array) -> float:
+    """Fraction of rows of ``x`` classified as ``y``."""
+    return float(np.mean(predict(model, x) == y))
+
+
+def evaluate(model: MLP, x: Array, y: Array, batch_size: int = 4096) -> tuple[float, float]:
+    """Mean cross-entropy (without weight decay) and accuracy on (N, n_in) inputs, (N,) labels."""
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(x), batch_size):
+        logits = model.forward(x[i : i + batch_size])
+        loss, _ = softmax_cross_entropy(logits, y[i : i + batch_size])
+        loss_sum += loss * len(logits)
+        correct += int((logits.argmax(axis=1) == y[i : i + batch_size]).sum())
+    return loss_sum / len(x), correct / len(x)
+
+
+def loss_and_grads(model: MLP, x: Array, y: Array, weight_decay: float = 0.0) -> float:
+    """Forward + backward on one batch: fills ``model.grads()``, returns the regularised loss."""
+    loss, dlogits = softmax_cross_entropy(model.forward(x), y)
+    model.backward(dlogits)
+    if weight_decay:
+        loss += l2_penalty(model.weights, weight_decay)
+        for layer in model.layers:
+            layer.dW += weight_decay * layer.W
+    return loss
+
+
+def train_epoch(model: MLP, optimizer: Optimizer, x: Array, y: Array, batch_size: int,
+                rng: np.random.Generator, meter: GradNormMeter, weight_decay: float = 0.0) -> float:
+    """One pass over (x, y) in shuffled mini-batches; returns the mean regularised batch loss."""
+    order = rng.permutation(len(x))
+    params, grads = model.params, model.grads()
+    total = 0.0
+    for start in range(0, len(x), batch_size):
+        idx = order[start : start + batch_size]
+        loss = loss_and_grads(model, x[idx], y[idx], weight_decay)
+        if not math.isfinite(loss):
+            return loss
+        meter.update(grads)
+        optimizer.step(params, grads)
+        total += loss * len(idx)
+    return total / len(x)
+
+
+def epoch_metrics(model: MLP, x_train: Array, y_train: Array, x_val: Array, y_val: Array,
+                  x_probe: Array, meter: GradNormMeter) -> dict[str, float]:
+    """The record of one epoch: losses, accuracies, gradient norms, activation statistics."""
+    train_loss, train_acc = evaluate(model, x_train, y_train)
+    val_loss, val_acc = evaluate(model, x_val, y_val)
+    return {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+            **meter.summary(), **activation_stats(model, x_probe)}
+
+
+def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val: Array, y_val: Array,
+        config: TrainConfig | None = None, *, seed: int | None = 0, rng: np.random.Generator | None = None,
+        callback: Callback | None = None) -> History:
+    """Train ``model`` on (N, n_in) ``x_train`` / (N,) ``y_train``; report every epoch to ``callback``.
+
+    Epoch 0 is measured before any update; its gradient norms are those of the full training
+    batch. Raises ``DivergenceError`` as soon as a loss is NaN or infinite.
+    """
+    config = config or TrainConfig()
+    rng = rng if rng is not None else np.random.default_rng(seed)
+    x_train, x_val = (np.ascontiguousarray(a, dtype=model.dtype) for a in (x_train, x_val))
+    x_probe = x_train[: config.probe_size]
+    schedule = get_schedule(config.schedule, **config.schedule_params)
+    base_lr = optimizer.lr
+    meter = GradNormMeter(len(model.layers))
+    history = History()
+    start = time.perf_counter()
+
+    def record(epoch: int) -> None:
+        metrics = epoch_metrics(model, x_train, y_train, x_val, y_val, x_probe, meter)
+        if not math.isfinite(metrics["train_loss"]):
+            raise DivergenceError(epoch, metrics["train_loss"])
+        history.epochs.append(metrics)
+        if callback is not None:
+            callback(epoch, metrics)
+
+    init_loss = loss_and_grads(model, x_train, y_train, config.weight_decay)
+    if not math.isfinite(init_loss):
+        raise DivergenceError(0, init_loss)
+    meter.update(model.grads())
+    record(0)
+    best, since_best = history.best_val_acc, 0
+    for epoch in range(1, config.epochs + 1):
+        optimizer.lr = schedule(base_lr, epoch - 1, config.epochs)
+        meter.reset()
+        loss = train_epoch(model, optimizer, x_train, y_train, config.batch_size, rng, meter, config.weight_decay)
+        if not math.isfinite(loss):
+            raise DivergenceError(epoch, loss)
+        record(epoch)
+        if history.epochs[-1]["val_acc"] > best:
+            best, since_best = history.epochs[-1]["val_acc"], 0
+        else:
+            since_best += 1
+        if config.patience is not None and since_best >= config.patience:
+            break
+    optimizer.lr = base_lr
+    history.train_seconds = time.perf_counter() - start
+    return history
