@@ -55,7 +55,7 @@ def _standardise(name: str, splits: list[tuple[Array, Array]], dtype) -> Dataset
     return Dataset(name, cast(x_tr), labels(y_tr), cast(x_va), labels(y_va), cast(x_te), labels(y_te))
 
 
-def load_digits_dataset(*, split_seed: int = 0, val_size: float = 0.15, test_size: float = 0.2,
+def load_digits_dataset(*, split_seed: int = 0, val_size: float = 0.1, test_size: float = 0.2,
                         dtype=np.float32) -> Dataset:
     """scikit-learn's 1797 8x8 digits (ships with scikit-learn), split train/val/test by class."""
     _check_fraction("test_size", test_size)

@@ -21,7 +21,7 @@ import numpy as np
 Array = np.ndarray
 
 # tanh approximation of GELU (Hendrycks & Gimpel 2016), so the derivative stays closed-form.
-_GELU_C = np.sqrt(2.0 / np.pi)
+_GELU_C = float(np.sqrt(2.0 / np.pi))  # a Python float: an np.float64 would upcast float32 arrays
 _GELU_K = 0.044715
 
 
