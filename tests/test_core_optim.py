@@ -30,8 +30,9 @@ def test_nesterov_two_steps():
 
 
 def test_adam_first_step_is_lr_times_sign():
-    # m_hat = g, v_hat = g^2 after bias correction, so the step is lr * g / (|g| + eps)
-    assert run_steps("adam", [0.5], lr=0.1) == pytest.approx(1 - 0.1 * 0.5 / (0.5 + 1e-8), abs=1e-12)
+    # m_hat = g, v_hat = g^2 after bias correction, so the step is lr * g / (|g| + eps'),
+    # with eps' = eps / sqrt(1 - beta2) in the folded form
+    assert run_steps("adam", [0.5], lr=0.1) == pytest.approx(1 - 0.1 * 0.5 / (0.5 + 1e-8 / 0.001**0.5), abs=1e-12)
 
 
 def test_adam_two_steps():

@@ -77,7 +77,7 @@ ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in [
         Activation("identity", lambda z: z, None, _never),
-        Activation("relu", lambda z: np.maximum(z, 0), lambda z, a: (z > 0).astype(z.dtype), _dead_fraction),
+        Activation("relu", lambda z: np.maximum(z, 0), lambda z, a: z > 0, _dead_fraction),  # bool: x*True = x
         Activation(
             "leaky_relu",
             lambda z, alpha=0.01: np.where(z > 0, z, alpha * z).astype(z.dtype, copy=False),

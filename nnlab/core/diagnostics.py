@@ -28,11 +28,10 @@ class GradNormMeter:
         self._global_sum = 0.0
         self._steps = 0
 
-    def update(self, grads: list[Array]) -> None:
-        """Add one step's gradients ``[dW1, db1, dW2, db2, ...]``."""
-        sq = squared_norms(grads)
-        self._layer_sum += np.sqrt(sq[0::2])  # weight gradients only, per layer
-        self._global_sum += float(np.sqrt(sq.sum()))
+    def update(self, model: MLP) -> None:
+        """Add the gradients of one step, as left in ``model`` by its backward pass."""
+        self._layer_sum += np.sqrt(squared_norms([layer.dW for layer in model.layers]))  # weights only
+        self._global_sum += float(np.sqrt(np.vdot(model.flat_grads, model.flat_grads)))
         self._steps += 1
 
     def summary(self) -> dict[str, float]:

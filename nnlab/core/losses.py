@@ -25,10 +25,12 @@ def softmax_cross_entropy(logits: Array, y: Array) -> tuple[float, Array]:
     negative log-likelihood of the softmax output, which is why the two are one function.
     """
     n = logits.shape[0]
-    logp = log_softmax(logits)
     rows = np.arange(n)
-    loss = float(-logp[rows, y].mean())
-    dlogits = np.exp(logp)
+    shifted = logits - logits.max(axis=1, keepdims=True)  # largest logit becomes 0: exp never overflows
+    dlogits = np.exp(shifted)
+    total = dlogits.sum(axis=1, keepdims=True)  # in [1, C]: its log is safe
+    loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, y]))  # -log p_y = log sum e^s - s_y
+    dlogits /= total
     dlogits[rows, y] -= 1.0
     dlogits /= n
     return loss, dlogits

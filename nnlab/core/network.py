@@ -26,14 +26,22 @@ class Module:
 
 
 class Dense(Module):
-    """``a = f(x @ W + b)`` with W of shape (fan_in, fan_out) and b of shape (fan_out,)."""
+    """``a = f(x @ W + b)`` with W of shape (fan_in, fan_out) and b of shape (fan_out,).
+
+    ``buffers`` optionally hands in (W, b, dW, db) storage, so an MLP can keep all its parameters
+    in one flat array; W is filled by ``init``, b starts at zero.
+    """
 
     def __init__(self, fan_in: int, fan_out: int, activation: Activation, init: Initializer,
-                 rng: np.random.Generator, dtype=np.float32):
-        self.W = init(fan_in, fan_out, rng=rng, dtype=dtype)
-        self.b = np.zeros(fan_out, dtype=dtype)  # biases start at zero
-        self.dW = np.zeros_like(self.W)
-        self.db = np.zeros_like(self.b)
+                 rng: np.random.Generator, dtype=np.float32, buffers: tuple[Array, ...] | None = None):
+        if buffers is None:
+            buffers = (np.empty((fan_in, fan_out), dtype), np.empty(fan_out, dtype),
+                       np.empty((fan_in, fan_out), dtype), np.empty(fan_out, dtype))
+        self.W, self.b, self.dW, self.db = buffers
+        self.W[...] = init(fan_in, fan_out, rng=rng, dtype=dtype)
+        self.b[...] = 0
+        self.dW[...] = 0
+        self.db[...] = 0
         self.activation = activation
         self.x = self.z = self.a = None  # cached by forward for backward
 
@@ -62,6 +70,9 @@ class MLP(Module):
 
     ``sizes = [n_in, h_1, ..., h_depth, n_out]``; ``params`` is ``[W1, b1, ..., W_L, b_L]`` and
     ``grads()`` is aligned with it. Softmax lives in the loss, not in the network.
+
+    Every parameter is a view into one flat array, ``flat_params`` (likewise ``flat_grads``), so
+    an element-wise optimiser can update the whole network in a handful of NumPy calls.
     """
 
     def __init__(self, sizes: Sequence[int], activation: str | Activation = "relu",
@@ -80,12 +91,16 @@ class MLP(Module):
         self.activation = get_activation(activation, **(activation_params or {}))
         init_fn = get_initializer(init, **(init_params or {}))
         identity = get_activation("identity")
+        shapes = [s for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for s in ((fan_in, fan_out), (fan_out,))]
+        self.flat_params, params = _flat_views(shapes, self.dtype)
+        self.flat_grads, grads = _flat_views(shapes, self.dtype)
         n_layers = len(sizes) - 1
         self.layers = [
-            Dense(fan_in, fan_out, self.activation if i < n_layers - 1 else identity, init_fn, rng, self.dtype)
+            Dense(fan_in, fan_out, self.activation if i < n_layers - 1 else identity, init_fn, rng, self.dtype,
+                  buffers=(params[2 * i], params[2 * i + 1], grads[2 * i], grads[2 * i + 1]))
             for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))
         ]
-        self.params = self.parameters()
+        self.params = params
 
     @classmethod
     def from_shape(cls, n_in: int, n_out: int, depth: int, width: int | Sequence[int], **kwargs) -> "MLP":
@@ -135,6 +150,14 @@ class MLP(Module):
                 if state[f"{kind}{i}"].shape != p.shape:
                     raise ValueError(f"{kind}{i}: shape {state[f'{kind}{i}'].shape} != model's {p.shape}")
                 p[...] = state[f"{kind}{i}"]
+
+
+def _flat_views(shapes: list[tuple[int, ...]], dtype) -> tuple[Array, list[Array]]:
+    """One zeroed flat array and a list of views into it with the given shapes."""
+    sizes = [int(np.prod(s)) for s in shapes]
+    flat = np.zeros(sum(sizes), dtype=dtype)
+    offsets = np.cumsum([0, *sizes])
+    return flat, [flat[a:b].reshape(s) for a, b, s in zip(offsets[:-1], offsets[1:], shapes)]
 
 
 def hidden_sizes(depth: int, width: int | Sequence[int]) -> list[int]:

@@ -67,7 +67,11 @@ class Momentum(Optimizer):
 
 
 class Adam(Optimizer):
-    """Kingma & Ba 2015, Algorithm 1, with the bias corrections folded into the step size."""
+    """Kingma & Ba 2015, with the bias corrections folded into the step size (their section 2).
+
+    The folded form adds ``eps`` to sqrt(v) rather than to sqrt(v_hat); the two differ only in
+    the effective eps, by a factor sqrt(1 - beta2^t).
+    """
 
     def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
         super().__init__(lr)
@@ -84,19 +88,13 @@ class Adam(Optimizer):
             self.v = [np.zeros_like(p) for p in params]
         self.t += 1
         b1, b2 = self.beta1, self.beta2
-        c1, c2 = 1 - b1**self.t, 1 - b2**self.t
-        # lr * m_hat / (sqrt(v_hat) + eps) == (lr / c1) * m / (sqrt(v) / sqrt(c2) + eps)
-        step_size = self.lr / c1
-        inv_sqrt_c2 = 1.0 / math.sqrt(c2)
+        step_size = self.lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
         for p, g, m, v in zip(params, grads, self.m, self.v):
             m *= b1
             m += (1 - b1) * g
             v *= b2
             v += (1 - b2) * g * g
-            denom = np.sqrt(v)
-            denom *= inv_sqrt_c2
-            denom += self.eps
-            p -= step_size * m / denom
+            p -= step_size * m / (np.sqrt(v) + self.eps)
 
 
 OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "adam": Adam}

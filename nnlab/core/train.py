@@ -110,14 +110,15 @@ def train_epoch(model: MLP, optimizer: Optimizer, x: Array, y: Array, batch_size
                 rng: np.random.Generator, meter: GradNormMeter, weight_decay: float = 0.0) -> float:
     """One pass over (x, y) in shuffled mini-batches; returns the mean regularised batch loss."""
     order = rng.permutation(len(x))
-    params, grads = model.params, model.grads()
+    # The optimiser sees the whole network as one flat vector: one update instead of one per array.
+    params, grads = [model.flat_params], [model.flat_grads]
     total = 0.0
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]
         loss = loss_and_grads(model, x[idx], y[idx], weight_decay)
         if not math.isfinite(loss):
             return loss
-        meter.update(grads)
+        meter.update(model)
         optimizer.step(params, grads)
         total += loss * len(idx)
     return total / len(x)
@@ -164,7 +165,7 @@ def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val:
         init_loss = loss_and_grads(model, x_train, y_train, config.weight_decay)
         if not math.isfinite(init_loss):
             raise DivergenceError(0, init_loss)
-        meter.update(model.grads())
+        meter.update(model)
         record(0)
         best, since_best = history.best_val_acc, 0
         for epoch in range(1, config.epochs + 1):
