@@ -1,0 +1,348 @@
+"""MLflow runs -> tidy pandas frames. Reads the record described in DESIGN.md; never writes to it.
+
+Two frames come out of an experiment:
+
+* ``load_runs``: one row per training run (sweep children and single runs; sweep parents are
+  dropped), with its params (typed: ints, floats, bools where they parse), final metrics, status and
+  failure flag.
+* ``load_history``: one row per run x metric x step (``run_id, metric, step, value``), the
+  per-epoch record; ``layer_frame`` splits ``grad_norm/layer_3`` into ``stat`` and ``layer`` columns.
+"""
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+from urllib.parse import urlparse
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.entities import Run, ViewType
+from mlflow.tracking import MlflowClient
+
+PARENT_TAG = "mlflow.parentRunId"
+FAILURE_TAG = "nnlab.failure"
+SWEEP_TAG = "sweep_id"
+GROUP_PARAMS = ("init", "activation", "optimizer", "dataset")
+FINAL_METRICS = ("test_loss", "test_acc", "best_val_acc", "epochs_run", "train_seconds")
+EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
+LAYER_STATS = ("grad_norm", "act_mean", "act_std", "act_saturation")
+RUN_COLUMNS = ("run_id", "run_name", "status", "failed", "failure", "parent_run_id", "sweep_id",
+               "start_time", "end_time")
+_LAYER_RE = re.compile(r"^(?P<stat>" + "|".join(LAYER_STATS) + r")/layer_(?P<layer>\d+)$")
+_PAGE = 1000
+
+
+class AnalysisError(RuntimeError):
+    """The record cannot answer the question asked: no such experiment, no runs, missing metrics,
+    or a tracking store that cannot be reached. The message says which and what exists instead."""
+
+
+# --- connecting -------------------------------------------------------------------------------
+
+def resolve_uri(tracking_uri: str | None = None) -> str:
+    """The URI that will be read: the argument, else ``MLFLOW_TRACKING_URI``, else MLflow's default."""
+    return tracking_uri or mlflow.get_tracking_uri()
+
+
+@contextmanager
+def _fail_fast_http() -> Iterator[None]:
+    """Probe a remote server without MLflow's minutes-long retry schedule (unless the user set one)."""
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _check_local_store(uri: str) -> None:
+    """A local store must already exist: reading must not create an empty database or folder."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else parsed.path
+        if path and path != ":memory:" and not Path(path).is_file():
+            raise AnalysisError(f"no MLflow database at {path!r} (tracking URI {uri!r}); "
+                                "run a study there first or pass the right --tracking-uri")
+    elif parsed.scheme in ("", "file"):
+        path = parsed.path if parsed.scheme == "file" else uri
+        if not Path(path).is_dir():
+            raise AnalysisError(f"no MLflow store at {path!r} (tracking URI {uri!r})")
+
+
+def connect(tracking_uri: str | None = None) -> MlflowClient:
+    """A client on ``tracking_uri`` that has been checked to answer; raises ``AnalysisError`` if not."""
+    uri = resolve_uri(tracking_uri)
+    _check_local_store(uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        with _fail_fast_http():
+            client.search_experiments(max_results=1)
+    except Exception as exc:  # noqa: BLE001 - any failure here means "cannot read this store"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise AnalysisError(f"cannot reach the MLflow tracking store {uri!r}: {first_line}") from exc
+    return client
+
+
+def _client(client: MlflowClient | None, tracking_uri: str | None) -> MlflowClient:
+    return client if client is not None else connect(tracking_uri)
+
+
+def experiment_names(client: MlflowClient) -> list[str]:
+    """Names of the active experiments in the store, sorted."""
+    return sorted(e.name for e in client.search_experiments(view_type=ViewType.ACTIVE_ONLY))
+
+
+def get_experiment_id(client: MlflowClient, experiment: str) -> str:
+    """The id of experiment ``experiment``; ``AnalysisError`` listing the existing names if absent."""
+    found = client.get_experiment_by_name(experiment)
+    if found is None or found.lifecycle_stage != "active":
+        names = experiment_names(client)
+        raise AnalysisError(f"no experiment named {experiment!r} in {client.tracking_uri!r}; "
+                            f"existing experiments: {', '.join(names) if names else '(none)'}")
+    return found.experiment_id
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+def search_all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
+    """Every active run of an experiment, following MLflow's pagination."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], max_results=_PAGE, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def training_runs(runs: list[Run]) -> list[Run]:
+    """Drop sweep parents: a run is a parent when another run names it in ``mlflow.parentRunId``."""
+    parents = {r.data.tags.get(PARENT_TAG) for r in runs} - {None}
+    return [r for r in runs if r.info.run_id not in parents]
+
+
+def parse_param(text: object) -> object:
+    """An MLflow param string -> int, float, bool, None or the string itself (absent/NaN -> None)."""
+    if not isinstance(text, str):
+        return None
+    lowered = text.strip().lower()
+    if lowered in ("none", "null", ""):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _typed(column: pd.Series) -> pd.Series:
+    """Give a param column one dtype: Int64 / float / boolean when every value parses, else object."""
+    values = [parse_param(v) for v in column]
+    present = [v for v in values if v is not None]
+    if present and all(isinstance(v, bool) for v in present):
+        return pd.Series(values, index=column.index, dtype="boolean")
+    if present and all(isinstance(v, int) and not isinstance(v, bool) for v in present):
+        return pd.Series(values, index=column.index, dtype="Int64")
+    if present and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in present):
+        return pd.Series([np.nan if v is None else float(v) for v in values], index=column.index, dtype=float)
+    return pd.Series([None if v is None else c for v, c in zip(values, column)], index=column.index, dtype=object)
+
+
+def _run_row(run: Run, metric_names: Sequence[str]) -> dict[str, object]:
+    info, tags = run.info, run.data.tags
+    failure = tags.get(FAILURE_TAG)
+    row: dict[str, object] = {
+        "run_id": info.run_id, "run_name": info.run_name, "status": info.status,
+        "failed": info.status == "FAILED" or failure is not None, "failure": failure,
+        "parent_run_id": tags.get(PARENT_TAG), "sweep_id": tags.get(SWEEP_TAG),
+        "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True),
+        "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else pd.NaT,
+    }
+    row.update({f"param:{k}": v for k, v in run.data.params.items()})
+    row.update({m: run.data.metrics.get(m, np.nan) for m in metric_names})
+    return row
+
+
+def runs_frame(runs: list[Run], metrics: Sequence[str] = FINAL_METRICS + EPOCH_METRICS) -> pd.DataFrame:
+    """One row per run: ``RUN_COLUMNS``, then params by name (typed), then ``metrics`` (last value)."""
+    rows = [_run_row(r, metrics) for r in runs]
+    frame = pd.DataFrame(rows, columns=None if rows else list(RUN_COLUMNS) + list(metrics))
+    param_cols = sorted((c for c in frame.columns if c.startswith("param:")), key=_param_order)
+    params = frame[param_cols].rename(columns=lambda c: c[len("param:"):]).apply(_typed) if param_cols else None
+    parts = [frame[list(RUN_COLUMNS)]] + ([params] if params is not None else []) + [frame[list(metrics)]]
+    out = pd.concat(parts, axis=1)
+    return out.astype({"failed": bool}).reset_index(drop=True)
+
+
+def _param_order(column: str) -> tuple[int, str]:
+    """Group choices first (init, activation, ...), then dotted leaves alphabetically."""
+    name = column[len("param:"):]
+    return (GROUP_PARAMS.index(name) if name in GROUP_PARAMS else len(GROUP_PARAMS), name)
+
+
+def load_runs(experiment: str, tracking_uri: str | None = None, *, client: MlflowClient | None = None,
+              require: Iterable[str] = ()) -> pd.DataFrame:
+    """The training runs of ``experiment`` (parents of sweeps excluded), one row each.
+
+    Columns: ``run_id, run_name, status, failed, failure, parent_run_id, sweep_id, start_time,
+    end_time``, every param under its name (``init``, ``model.depth``, ...) and the final metrics
+    (``test_acc``, ...; NaN where a run did not log one, e.g. FAILED runs). FAILED runs are kept and
+    flagged. ``require`` lists metrics every non-failed run must have (``AnalysisError`` otherwise).
+    """
+    client = _client(client, tracking_uri)
+    experiment_id = get_experiment_id(client, experiment)
+    runs = training_runs(search_all_runs(client, experiment_id))
+    if not runs:
+        raise AnalysisError(f"experiment {experiment!r} has no runs in {client.tracking_uri!r}; "
+                            f"run its study first (python -m nnlab.run -m +experiment=...)")
+    require = list(require)
+    frame = runs_frame(runs, tuple(dict.fromkeys(list(FINAL_METRICS + EPOCH_METRICS) + require)))
+    check_metrics(frame, require, experiment)
+    return frame
+
+
+def check_metrics(runs: pd.DataFrame, metrics: Iterable[str], experiment: str = "") -> None:
+    """Raise ``AnalysisError`` naming the non-failed runs of ``runs`` that lack any of ``metrics``."""
+    ok = runs[~runs["failed"]]
+    for metric in metrics:
+        if metric not in ok.columns:
+            missing = ok
+        else:
+            missing = ok[ok[metric].isna()]
+        if len(missing):
+            names = ", ".join(str(n) for n in missing["run_name"].head(5))
+            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+            where = f" of experiment {experiment!r}" if experiment else ""
+            raise AnalysisError(f"{len(missing)} finished run(s){where} have no metric {metric!r}: {names}{more}")
+
+
+# --- histories --------------------------------------------------------------------------------
+
+def _wanted(keys: Iterable[str], metrics: Sequence[str] | None) -> list[str]:
+    """Keys matching any of ``metrics`` (exact names or glob patterns like ``grad_norm/*``)."""
+    keys = list(keys)
+    if metrics is None:
+        return keys
+    return [k for k in keys if any(fnmatch.fnmatchcase(k, pattern) for pattern in metrics)]
+
+
+def _bulk_store(client: MlflowClient):
+    """The SQL store's one-query-per-metric bulk reader, if this store has one (else None).
+
+    MLflow's own server uses ``store.get_metric_history_bulk`` the same way; ``MlflowClient`` does
+    not expose it, so this reaches through the client and falls back to the public API.
+    """
+    store = getattr(getattr(client, "_tracking_client", None), "store", None)
+    return store if hasattr(store, "get_metric_history_bulk") else None
+
+
+def _history_bulk(store, run_ids: list[str], key: str) -> list[tuple[str, str, int, float, int]]:
+    return [(m.run_id, key, m.step, m.value, m.timestamp)
+            for m in store.get_metric_history_bulk(run_ids, key, max_results=2**62)]
+
+
+def _history_one(client: MlflowClient, run_id: str, key: str) -> list[tuple[str, str, int, float, int]]:
+    return [(run_id, key, m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key)]
+
+
+def history_frame(client: MlflowClient, keys_by_run: dict[str, list[str]], *, bulk: bool = True,
+                  workers: int = 8) -> pd.DataFrame:
+    """Tidy per-epoch record ``run_id, metric, step, value`` for the given run -> metric keys.
+
+    A metric logged twice at one step keeps its latest value.
+    """
+    store = _bulk_store(client) if bulk else None
+    rows: list[tuple] = []
+    if store is not None:
+        runs_by_key: dict[str, list[str]] = {}
+        for run_id, keys in keys_by_run.items():
+            for key in keys:
+                runs_by_key.setdefault(key, []).append(run_id)
+        for key, run_ids in runs_by_key.items():
+            rows.extend(_history_bulk(store, run_ids, key))
+    else:
+        pairs = [(run_id, key) for run_id, keys in keys_by_run.items() for key in keys]
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for part in pool.map(lambda p: _history_one(client, *p), pairs):
+                rows.extend(part)
+    frame = pd.DataFrame(rows, columns=["run_id", "metric", "step", "value", "timestamp"])
+    frame = frame.sort_values(["run_id", "metric", "step", "timestamp"], kind="stable")
+    frame = frame.drop_duplicates(["run_id", "metric", "step"], keep="last").drop(columns="timestamp")
+    return frame.astype({"step": "int64", "value": "float64"}).reset_index(drop=True)
+
+
+def load_history(experiment: str, tracking_uri: str | None = None, *, metrics: Sequence[str] | None = None,
+                 run_ids: Iterable[str] | None = None, client: MlflowClient | None = None,
+                 bulk: bool = True) -> pd.DataFrame:
+    """Per-epoch metrics of the training runs of ``experiment`` as rows ``run_id, metric, step, value``.
+
+    ``metrics`` selects names or glob patterns (``["val_acc", "grad_norm/*"]``; default: all);
+    ``run_ids`` restricts to some runs. Steps are epochs, 0 = at initialisation.
+    """
+    client = _client(client, tracking_uri)
+    runs = training_runs(search_all_runs(client, get_experiment_id(client, experiment)))
+    if run_ids is not None:
+        wanted = set(run_ids)
+        runs = [r for r in runs if r.info.run_id in wanted]
+    if not runs:
+        raise AnalysisError(f"experiment {experiment!r} has no runs to read a history from")
+    keys_by_run = {r.info.run_id: _wanted(r.data.metrics, metrics) for r in runs}
+    if metrics is not None and not any(keys_by_run.values()):
+        raise AnalysisError(f"no run of experiment {experiment!r} logged a metric matching {list(metrics)}")
+    return history_frame(client, keys_by_run, bulk=bulk)
+
+
+def layer_frame(history: pd.DataFrame) -> pd.DataFrame:
+    """Per-layer rows of a history: ``metric`` ``grad_norm/layer_3`` -> ``stat`` = grad_norm, ``layer`` = 3.
+
+    Other metrics (``train_loss``, ``grad_norm/global``, ...) are dropped.
+    """
+    parts = history["metric"].str.extract(_LAYER_RE)
+    keep = parts["stat"].notna()
+    out = history.loc[keep].copy()
+    out["stat"] = parts.loc[keep, "stat"]
+    out["layer"] = parts.loc[keep, "layer"].astype("int64")
+    return out.reset_index(drop=True)
+
+
+def at_step(history: pd.DataFrame, which: str | int) -> pd.DataFrame:
+    """Rows of each run's step ``which``: ``"init"`` (0), ``"last"`` (the run's last step), or an int."""
+    if which == "init":
+        which = 0
+    if which == "last":
+        last = history.groupby("run_id")["step"].transform("max")
+        return history[history["step"] == last].reset_index(drop=True)
+    if isinstance(which, (int, np.integer)):
+        return history[history["step"] == which].reset_index(drop=True)
+    raise ValueError(f"which must be 'init', 'last' or an int step, got {which!r}")
+
+
+def with_params(frame: pd.DataFrame, runs: pd.DataFrame, columns: Sequence[str] | None = None) -> pd.DataFrame:
+    """``frame`` (with a ``run_id`` column) joined with run columns (default: every param and ``failed``).
+
+    Rows of runs absent from ``runs`` are dropped, so ``with_params(history, runs[~runs.failed])`` keeps
+    only the runs that finished.
+    """
+    if columns is None:
+        columns = [c for c in runs.columns if c not in RUN_COLUMNS and c not in FINAL_METRICS + EPOCH_METRICS]
+        columns = ["failed", *columns]
+    missing = [c for c in columns if c not in runs.columns]
+    if missing:
+        raise KeyError(f"runs frame has no column(s) {missing}; available: {list(runs.columns)}")
+    return frame.merge(runs[["run_id", *columns]], on="run_id", how="inner")

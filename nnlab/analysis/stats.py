@@ -1,0 +1,114 @@
+"""Aggregates across seeds: mean, std and a 95% confidence interval per configuration."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats as sps
+
+from .records import EPOCH_METRICS, FINAL_METRICS, RUN_COLUMNS
+
+SEED_KEYS = ("seed",)
+# Params whose values say *how the run was recorded*, not what was trained: never a design axis.
+_NOT_DESIGN = ("tracking.uri", "tracking.experiment")
+# Preferred order of design axes: the first varying one is the hue, then x, then facets.
+_AXIS_ORDER = ("init", "optimizer", "activation", "model.depth", "optimizer.lr", "model.width")
+AGG_COLUMNS = ("n", "n_missing", "mean", "std", "sem", "ci_low", "ci_high")
+
+
+def param_columns(runs: pd.DataFrame) -> list[str]:
+    """The param columns of a runs frame (everything that is not run info or a metric)."""
+    return [c for c in runs.columns if c not in RUN_COLUMNS and c not in FINAL_METRICS + EPOCH_METRICS]
+
+
+def varying_params(runs: pd.DataFrame, exclude: Sequence[str] = SEED_KEYS) -> list[str]:
+    """Params that take more than one value across ``runs`` (seed excluded), in design order.
+
+    A group choice (``init``) hides the leaves that merely follow it (``init.name``,
+    ``init.distribution``): they vary only because the choice does.
+    """
+    cols = [c for c in param_columns(runs) if c not in exclude and c not in _NOT_DESIGN]
+    varying = [c for c in cols if runs[c].astype(str).nunique(dropna=False) > 1]
+    groups = [c for c in varying if "." not in c]
+    varying = [c for c in varying if "." not in c or not _follows_group(runs, c, groups)]
+    rank = {name: i for i, name in enumerate(_AXIS_ORDER)}
+    return sorted(varying, key=lambda c: (rank.get(c, len(rank)), c))
+
+
+def _follows_group(runs: pd.DataFrame, column: str, groups: list[str]) -> bool:
+    """True when ``column`` (e.g. ``init.std``) lives under a varying group and is fixed within each choice."""
+    group = column.split(".", 1)[0]
+    if group not in groups:
+        return False
+    return bool((runs.groupby(group)[column].agg(lambda s: s.astype(str).nunique(dropna=False)) <= 1).all())
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t confidence interval for the mean of ``values`` (n >= 2; NaN otherwise)."""
+    n = len(values)
+    if n < 2:
+        return (np.nan, np.nan)
+    mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(n))
+    half = float(sps.t.ppf(0.5 + level / 2, df=n - 1)) * sem
+    return (mean - half, mean + half)
+
+
+def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_boot: int = 2000,
+                       seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval for the mean of ``values`` (n >= 2; NaN otherwise)."""
+    n = len(values)
+    if n < 2:
+        return (np.nan, np.nan)
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, n, size=(n_boot, n))].mean(axis=1)
+    low, high = np.quantile(means, [0.5 - level / 2, 0.5 + level / 2])
+    return (float(low), float(high))
+
+
+def summarize(values: Sequence[float], level: float = 0.95, method: str = "t", n_boot: int = 2000,
+              seed: int = 0) -> dict[str, float]:
+    """n, n_missing, mean, std (ddof=1), sem and CI of ``values``; NaNs (failed runs) are counted apart."""
+    if method not in ("t", "bootstrap"):
+        raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")
+    arr = np.asarray(values, dtype=float)
+    finite = arr[np.isfinite(arr)]
+    n = len(finite)
+    std = float(np.std(finite, ddof=1)) if n >= 2 else np.nan
+    if method == "t":
+        low, high = t_interval(finite, level)
+    else:
+        low, high = bootstrap_interval(finite, level, n_boot, seed)
+    return {"n": n, "n_missing": len(arr) - n, "mean": float(np.mean(finite)) if n else np.nan, "std": std,
+            "sem": std / np.sqrt(n) if n >= 2 else np.nan, "ci_low": low, "ci_high": high}
+
+
+def aggregate(frame: pd.DataFrame, by: Sequence[str], value: str = "test_acc", *, level: float = 0.95,
+              method: str = "t", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """One row per group of ``by`` (e.g. init, activation, depth: the seeds collapse) with
+    ``n, n_missing, mean, std, sem, ci_low, ci_high`` of column ``value``.
+
+    ``method`` is ``"t"`` (Student-t interval) or ``"bootstrap"`` (percentile, ``n_boot`` resamples).
+    Non-finite values (a failed run's missing test_acc) are left out of the statistics and counted
+    in ``n_missing``.
+    """
+    by = list(by)
+    missing = [c for c in [*by, value] if c not in frame.columns]
+    if missing:
+        raise KeyError(f"column(s) {missing} not in frame; available: {list(frame.columns)}")
+    if frame.empty:
+        return pd.DataFrame(columns=[*by, *AGG_COLUMNS])
+    rows = []
+    for key, group in frame.groupby(by, sort=True, dropna=False) if by else [((), frame)]:
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(by, key)), **summarize(group[value].to_numpy(dtype=float), level, method,
+                                                       n_boot, seed)})
+    out = pd.DataFrame(rows, columns=[*by, *AGG_COLUMNS])
+    return out.astype({"n": "int64", "n_missing": "int64"})
+
+
+def config_label(runs: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
+    """A readable label per row from ``columns``: ``he / relu / depth 4`` (names for non-group keys)."""
+    def one(row: pd.Series) -> str:
+        return " / ".join(str(row[c]) if "." not in c else f"{c.rsplit('.', 1)[-1]} {row[c]}" for c in columns)
+    return runs.apply(one, axis=1) if len(runs) else pd.Series([], dtype=object)
