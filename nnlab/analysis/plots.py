@@ -122,7 +122,7 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
                 for metric, style in zip(metrics, ("-", "--")):
                     rows = part[(part[design.hue] == hue) & (part["metric"] == metric)]
                     if len(rows):
-                        _band(ax, rows, "step", colors[hue], f"{hue}", style)
+                        _band(ax, rows, "step", colors[hue], str(hue) if style == "-" else "_nolegend_", style)
             title = " · ".join(f"{k}={v}" for k, v in ((design.x, r), (design.col, c)) if v is not None)
             ax.set_title(title, fontsize=9)
             if log_y:

@@ -112,3 +112,28 @@ def config_label(runs: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     def one(row: pd.Series) -> str:
         return " / ".join(str(row[c]) if "." not in c else f"{c.rsplit('.', 1)[-1]} {row[c]}" for c in columns)
     return runs.apply(one, axis=1) if len(runs) else pd.Series([], dtype=object)
+
+
+def summary_table(runs: pd.DataFrame, by: Sequence[str], metric: str = "test_acc") -> pd.DataFrame:
+    """Per configuration: runs, failed, mean/std/95% CI of ``metric``, mean best_val_acc and train time;
+    sorted best first."""
+    agg = aggregate(runs, by, metric)
+    extra = runs.groupby(list(by), dropna=False).agg(runs=("run_id", "size"), failed=("failed", "sum"),
+                                                     best_val_acc=("best_val_acc", "mean"),
+                                                     train_seconds=("train_seconds", "mean")).reset_index()
+    out = agg.merge(extra, on=list(by), how="left")
+    out = out[[*by, "runs", "failed", "mean", "std", "ci_low", "ci_high", "best_val_acc", "train_seconds"]]
+    out = out.rename(columns={"mean": f"{metric} mean", "std": f"{metric} std", "ci_low": "95% CI low",
+                              "ci_high": "95% CI high"})
+    return out.sort_values(f"{metric} mean", ascending=False, na_position="last").reset_index(drop=True)
+
+
+def to_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A GitHub Markdown table of ``frame`` (no extra dependency)."""
+    def cell(v: object) -> str:
+        if isinstance(v, (float, np.floating)):
+            return "" if np.isnan(v) else format(v, floatfmt)
+        return str(v).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

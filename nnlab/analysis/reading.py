@@ -1,0 +1,120 @@
+"""A short written reading of a study, every number computed from the record."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .design import Design, deepest, levels
+from .records import at_step, with_params
+from .stats import aggregate, config_label
+
+CHANCE_MAX = 0.2  # 10 classes: below this a configuration has not learned anything useful
+
+
+def _ci(row: pd.Series) -> str:
+    if np.isnan(row["ci_low"]):
+        return f"{row['mean']:.3f} (n={row['n']})"
+    return f"{row['mean']:.3f} (95% CI {row['ci_low']:.3f}-{row['ci_high']:.3f}, n={row['n']})"
+
+
+def _label(agg: pd.DataFrame, design: Design) -> pd.Series:
+    return config_label(agg, design.by)
+
+
+def overview(runs: pd.DataFrame, design: Design) -> str:
+    """How many runs, configurations, seeds and failures the study holds."""
+    n_configs = runs.groupby(design.by, dropna=False).ngroups
+    text = f"{len(runs)} runs: {n_configs} configurations"
+    if "seed" in runs.columns:
+        text += f" x {runs['seed'].nunique()} seeds"
+    failed = runs[runs["failed"]]
+    if len(failed):
+        reasons = failed["failure"].fillna(failed["status"]).astype(str).str.split(" ").str[0].value_counts()
+        text += f"; {len(failed)} failed ({', '.join(f'{n} {r}' for r, n in reasons.items())})"
+    return text + "."
+
+
+def best_and_worst(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> list[str]:
+    """The best and worst configuration by mean ``metric`` and the ones that stayed near chance."""
+    agg = aggregate(runs, design.by, metric).dropna(subset=["mean"])
+    if agg.empty:
+        return [f"No run finished with a {metric}."]
+    agg["label"] = _label(agg, design)
+    best, worst = agg.loc[agg["mean"].idxmax()], agg.loc[agg["mean"].idxmin()]
+    out = [f"Best configuration: **{best['label']}**, {metric} {_ci(best)}.",
+           f"Worst configuration: **{worst['label']}**, {metric} {_ci(worst)}."]
+    stuck = agg[agg["mean"] < CHANCE_MAX]
+    if len(stuck):
+        names = ", ".join(stuck["label"].head(12)) + (f" and {len(stuck) - 12} more" if len(stuck) > 12 else "")
+        out.append(f"{len(stuck)} of {len(agg)} configurations stayed near chance ({metric} < {CHANCE_MAX}): {names}.")
+    else:
+        out.append(f"Every configuration learned ({metric} >= {CHANCE_MAX} on average).")
+    return out
+
+
+def by_depth(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> list[str]:
+    """Per activation (design.x), each init's mean ``metric`` at the shallowest and deepest depth."""
+    if design.col != "model.depth" or design.x is None:
+        return []
+    agg = aggregate(runs, design.by, metric)
+    depths = levels(agg, "model.depth")
+    low, high = depths[0], depths[-1]
+    out = []
+    for x in levels(agg, design.x):
+        part = agg[agg[design.x] == x]
+        cells = []
+        for hue in levels(part, design.hue):
+            rows = part[part[design.hue] == hue].set_index("model.depth")["mean"]
+            cells.append(f"{hue} {rows.get(low, np.nan):.2f} -> {rows.get(high, np.nan):.2f}")
+        out.append(f"{design.x} = {x}, {metric} from depth {low} to depth {high}: " + "; ".join(cells) + ".")
+    return out
+
+
+def gradient_flow(layers: pd.DataFrame, runs: pd.DataFrame, design: Design) -> list[str]:
+    """At initialisation (deepest nets): the gradient norm of layer 1 relative to the output layer's."""
+    frame = with_params(at_step(layers[layers["stat"] == "grad_norm"], "init"), runs, design.by)
+    frame, suffix = deepest(frame, design)
+    if frame.empty:
+        return []
+    first = frame[frame["layer"] == 1].set_index("run_id")["value"]
+    last = frame.loc[frame.groupby("run_id")["layer"].idxmax()].set_index("run_id")["value"]
+    ratio = (first / last).rename("ratio").reset_index()
+    ratio = with_params(ratio, runs, design.by)
+    by = [c for c in design.by if c != "model.depth"]
+    agg = aggregate(ratio, by, "ratio").dropna(subset=["mean"])
+    if agg.empty:
+        return []
+    agg["label"] = config_label(agg, by)
+    agg = agg.sort_values("mean")
+    fmt = lambda r: f"{r['label']} {r['mean']:.2g}"  # noqa: E731
+    if len(agg) <= 6:
+        return [f"At initialisation{suffix}, gradient norm of layer 1 / output layer (1 = gradients reach the "
+                f"input undiminished), smallest first: " + "; ".join(fmt(r) for _, r in agg.iterrows()) + "."]
+    smallest = "; ".join(fmt(r) for _, r in agg.head(3).iterrows())
+    largest = "; ".join(fmt(r) for _, r in agg.tail(3).iloc[::-1].iterrows())
+    return [f"At initialisation{suffix}, gradient norm of layer 1 / output layer (1 = gradients reach the input "
+            f"undiminished): smallest {smallest}; largest {largest}."]
+
+
+def saturation(layers: pd.DataFrame, runs: pd.DataFrame, design: Design) -> list[str]:
+    """Mean saturated/dead fraction over hidden layers, at init and after training, at the extremes."""
+    frame = with_params(layers[layers["stat"] == "act_saturation"], runs, design.by)
+    frame, suffix = deepest(frame, design)
+    if frame.empty:
+        return []
+    by = [c for c in design.by if c != "model.depth"]
+    out = []
+    for phase, words in (("init", "at initialisation"), ("last", "after training")):
+        per_run = at_step(frame, phase).groupby(["run_id", *by], dropna=False)["value"].mean().reset_index()
+        agg = aggregate(per_run, by, "value").dropna(subset=["mean"]).sort_values("mean", ascending=False)
+        agg["label"] = config_label(agg, by)
+        top = "; ".join(f"{r['label']} {r['mean']:.0%}" for _, r in agg.head(3).iterrows())
+        out.append(f"Saturated/dead fraction of hidden units {words}{suffix}, highest: {top}.")
+    return out
+
+
+def reading(runs: pd.DataFrame, layers: pd.DataFrame, design: Design, metric: str = "test_acc") -> list[str]:
+    """The whole reading as a list of Markdown sentences."""
+    ok = runs[~runs["failed"]]
+    return [overview(runs, design), *best_and_worst(runs, design, metric), *by_depth(runs, design, metric),
+            *gradient_flow(layers, ok, design), *saturation(layers, ok, design)]

@@ -1,0 +1,235 @@
+"""nnlab.analysis against a synthetic sweep logged with the record's exact names (no training)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+from scipy import stats as sps
+
+from nnlab.analysis import (AnalysisError, aggregate, at_step, check_metrics, connect, layer_frame, load_history,
+                            load_runs, parse_param, summarize, varying_params, with_params)
+from nnlab.analysis.design import CONFIG, infer_design
+from nnlab.analysis.fake import fake_epoch, fake_test_acc, log_fake_sweep
+from nnlab.analysis.reading import reading
+from nnlab.analysis.stats import summary_table, to_markdown
+
+EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> tuple[str, dict[str, str]]:
+    """A sqlite store with one fake sweep (2 inits x 2 activations x depths 1, 3 x 3 seeds, one FAILED run),
+    an empty experiment and a single run without a parent."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    client = MlflowClient(uri)
+    children = log_fake_sweep(client, "fake", epochs=EPOCHS)
+    client.create_experiment("empty")
+    exp = client.create_experiment("no_test_acc")
+    run = client.create_run(exp, run_name="lonely")
+    client.log_batch(run.info.run_id, metrics=[Metric("train_loss", 1.0, 0, 0)])
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return uri, children
+
+
+@pytest.fixture(scope="module")
+def runs(store) -> pd.DataFrame:
+    return load_runs("fake", store[0])
+
+
+@pytest.fixture(scope="module")
+def history(store) -> pd.DataFrame:
+    return load_history("fake", store[0])
+
+
+def test_runs_one_row_per_child_parents_excluded(runs, store):
+    _, children = store
+    assert sorted(runs["run_id"]) == sorted(children)
+    assert runs["parent_run_id"].nunique() == 1
+    assert not runs["run_id"].isin(runs["parent_run_id"]).any()
+
+
+def test_runs_params_are_typed_and_named_by_path(runs):
+    assert runs["model.depth"].dtype == "Int64" and runs["seed"].dtype == "Int64"
+    assert runs["optimizer.lr"].dtype == float
+    assert set(runs["init"]) == {"he", "random"}
+    assert runs.loc[runs["init"] == "he", "init.std"].isna().all()  # only random has a std
+    assert (runs.loc[runs["init"] == "random", "init.std"] == 0.01).all()
+
+
+def test_runs_final_metrics_match_what_was_logged(runs):
+    ok = runs[~runs["failed"]]
+    assert len(ok) == 23
+    for _, r in ok.iterrows():
+        assert r["test_acc"] == pytest.approx(fake_test_acc(r["init"], r["activation"], r["model.depth"], r["seed"]))
+        assert r["epochs_run"] == EPOCHS
+
+
+def test_failed_run_is_kept_and_flagged(runs):
+    failed = runs[runs["failed"]]
+    assert len(failed) == 1
+    row = failed.iloc[0]
+    assert row["status"] == "FAILED" and row["failure"].startswith("diverged")
+    assert (row["init"], row["activation"], row["model.depth"], row["seed"]) == ("random", "tanh", 3, 2)
+    assert np.isnan(row["test_acc"])
+
+
+def test_history_is_tidy_with_every_step_and_value(history, runs):
+    assert list(history.columns) == ["run_id", "metric", "step", "value"]
+    assert not history.duplicated(["run_id", "metric", "step"]).any()
+    row = runs[(runs["init"] == "he") & (runs["activation"] == "relu") & (runs["model.depth"] == 3)
+               & (runs["seed"] == 1)].iloc[0]
+    mine = history[history["run_id"] == row["run_id"]]
+    for epoch in range(EPOCHS + 1):
+        for key, value in fake_epoch("he", "relu", 3, 1, epoch).items():
+            got = mine[(mine["metric"] == key) & (mine["step"] == epoch)]["value"]
+            assert got.tolist() == [pytest.approx(value)], (key, epoch)
+
+
+def test_history_bulk_and_per_run_paths_agree(store, history):
+    slow = load_history("fake", store[0], bulk=False)
+    pd.testing.assert_frame_equal(history, slow)
+
+
+def test_history_metric_patterns_and_run_filter(store, runs):
+    some = runs["run_id"].iloc[:2].tolist()
+    h = load_history("fake", store[0], metrics=["val_acc", "grad_norm/layer_*"], run_ids=some)
+    assert set(h["run_id"]) == set(some)
+    assert set(h["metric"]) - {"val_acc"} <= {f"grad_norm/layer_{i}" for i in range(1, 5)}
+    assert "grad_norm/global" not in set(h["metric"])
+
+
+def test_layer_frame_parses_layer_index(history):
+    layers = layer_frame(history)
+    assert set(layers["stat"]) == {"grad_norm", "act_mean", "act_std", "act_saturation"}
+    assert layers["layer"].dtype == "int64"
+    assert layers[layers["stat"] == "grad_norm"]["layer"].max() == 4  # depth 3 + output layer
+    assert layers[layers["stat"] == "act_std"]["layer"].max() == 3  # hidden layers only
+
+
+def test_at_step_init_and_last(history):
+    init, last = at_step(history, "init"), at_step(history, "last")
+    assert (init["step"] == 0).all()
+    per_run_last = last.groupby("run_id")["step"].max()
+    assert set(per_run_last) == {EPOCHS, 1}  # the failed run stopped after epoch 1
+    with pytest.raises(ValueError, match="'init', 'last'"):
+        at_step(history, "middle")
+
+
+def test_aggregate_exact_mean_std_and_t_interval(runs):
+    agg = aggregate(runs, ["init", "activation", "model.depth"], "test_acc")
+    row = agg[(agg["init"] == "he") & (agg["activation"] == "relu") & (agg["model.depth"] == 1)].iloc[0]
+    values = np.array([fake_test_acc("he", "relu", 1, s) for s in (0, 1, 2)])
+    half = sps.t.ppf(0.975, 2) * values.std(ddof=1) / np.sqrt(3)
+    assert row["n"] == 3 and row["n_missing"] == 0
+    assert row["mean"] == pytest.approx(values.mean())
+    assert row["std"] == pytest.approx(0.01)
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(values.mean() - half), pytest.approx(values.mean() + half))
+
+
+def test_aggregate_counts_failed_seed_as_missing(runs):
+    agg = aggregate(runs, ["init", "activation", "model.depth"], "test_acc")
+    row = agg[(agg["init"] == "random") & (agg["activation"] == "tanh") & (agg["model.depth"] == 3)].iloc[0]
+    assert (row["n"], row["n_missing"]) == (2, 1)
+    assert row["mean"] == pytest.approx(np.mean([fake_test_acc("random", "tanh", 3, s) for s in (0, 1)]))
+
+
+def test_summarize_bootstrap_and_edge_cases():
+    values = [0.9, 0.92, 0.94, 0.96]
+    boot = summarize(values, method="bootstrap", n_boot=4000, seed=1)
+    assert 0.9 <= boot["ci_low"] < np.mean(values) < boot["ci_high"] <= 0.96
+    assert summarize(values, method="bootstrap", seed=1) == summarize(values, method="bootstrap", seed=1)
+    one = summarize([0.5])
+    assert one["n"] == 1 and one["mean"] == 0.5 and np.isnan(one["std"]) and np.isnan(one["ci_low"])
+    none = summarize([np.nan, np.nan])
+    assert (none["n"], none["n_missing"]) == (0, 2) and np.isnan(none["mean"])
+    with pytest.raises(ValueError, match="'t' or 'bootstrap'"):
+        summarize(values, method="jackknife")
+
+
+def test_aggregate_over_history_gives_seed_bands(history, runs):
+    frame = with_params(history[history["metric"] == "train_loss"], runs, ["init", "model.depth"])
+    agg = aggregate(frame, ["init", "model.depth", "step"], "value")
+    row = agg[(agg["init"] == "he") & (agg["model.depth"] == 1) & (agg["step"] == 2)].iloc[0]
+    expected = [fake_epoch("he", a, 1, s, 2)["train_loss"] for a in ("relu", "tanh") for s in (0, 1, 2)]
+    assert row["n"] == 6 and row["mean"] == pytest.approx(np.mean(expected))
+
+
+def test_with_params_drops_runs_not_given(history, runs):
+    ok = runs[~runs["failed"]]
+    joined = with_params(history, ok, ["init"])
+    assert set(joined["run_id"]) == set(ok["run_id"])
+    with pytest.raises(KeyError, match="no column"):
+        with_params(history, runs, ["nope"])
+
+
+def test_varying_params_and_design(runs):
+    assert varying_params(runs) == ["init", "activation", "model.depth"]  # init.std follows init; seed excluded
+    _, design = infer_design(runs)
+    assert (design.hue, design.x, design.col) == ("init", "activation", "model.depth")
+    assert design.by == ["init", "activation", "model.depth"]
+
+
+def test_design_folds_many_factors_into_a_label(runs):
+    many = runs.assign(**{"model.width": np.where(runs["seed"] == 0, 16, 32)}, extra=runs["seed"] % 2)
+    out, design = infer_design(many.drop(columns=["seed"]))
+    assert design.hue == CONFIG and design.x is None and len(design.factors) == 5
+    assert out[CONFIG].iloc[0].count(" / ") == 4
+
+
+def test_summary_table_and_markdown(runs):
+    table = summary_table(runs, ["init", "activation", "model.depth"])
+    assert table["test_acc mean"].is_monotonic_decreasing
+    assert table["runs"].sum() == len(runs) and table["failed"].sum() == 1
+    text = to_markdown(table)
+    assert text.splitlines()[0].startswith("| init | activation | model.depth | runs")
+    assert len(text.splitlines()) == len(table) + 2
+
+
+def test_reading_states_numbers_from_the_data(runs, history):
+    runs2, design = infer_design(runs)
+    text = "\n".join(reading(runs2, layer_frame(history), design))
+    assert "24 runs: 8 configurations x 3 seeds; 1 failed (1 diverged)" in text
+    assert "Best configuration: **he / relu / depth 1**, test_acc 0.950" in text
+    assert "random / relu 0.001" in text  # layer-1 / output gradient ratio 0.1**3 at init
+
+
+def test_parse_param():
+    assert [parse_param(v) for v in ("3", "0.5", "True", "None", "he", "[32, 20]", None)] == \
+        [3, 0.5, True, None, "he", "[32, 20]", None]
+
+
+# --- clear errors --------------------------------------------------------------------------------
+
+def test_unknown_experiment_lists_existing(store):
+    with pytest.raises(AnalysisError, match=r"no experiment named 'nope'.*existing experiments: .*fake"):
+        load_runs("nope", store[0])
+
+
+def test_empty_experiment(store):
+    with pytest.raises(AnalysisError, match="'empty' has no runs"):
+        load_runs("empty", store[0])
+
+
+def test_runs_missing_a_metric(store):
+    with pytest.raises(AnalysisError, match="1 finished run.*no metric 'test_acc': lonely"):
+        load_runs("no_test_acc", store[0], require=["test_acc"])
+    runs = load_runs("no_test_acc", store[0])  # without require: loads, NaN where absent
+    assert np.isnan(runs["test_acc"].iloc[0])
+    with pytest.raises(AnalysisError, match="no metric 'not_logged'"):
+        check_metrics(runs, ["not_logged"])
+
+
+def test_missing_history_metric(store):
+    with pytest.raises(AnalysisError, match="no run .* logged a metric matching"):
+        load_history("fake", store[0], metrics=["nope/*"])
+
+
+def test_unreachable_stores_raise_without_creating_anything(tmp_path):
+    missing = tmp_path / "nowhere" / "mlflow.db"
+    with pytest.raises(AnalysisError, match="no MLflow database at"):
+        connect(f"sqlite:///{missing}")
+    assert not missing.parent.exists()
+    with pytest.raises(AnalysisError, match="cannot reach the MLflow tracking store 'http://127.0.0.1:9'"):
+        connect("http://127.0.0.1:9")
