@@ -1,0 +1,363 @@
+"""The configuration's shape: a typed schema for Hydra, value checks, and cfg -> core arguments.
+
+This is the one place that knows the config's layout. Hydra's ConfigStore holds the schema, so a
+wrong *type* (``trainer.epochs=abc``) is refused while composing; :func:`validate` refuses
+impossible *values* (``model.depth=-1``, ``optimizer.lr=0``) with one line naming the key, before
+``nnlab.run`` creates any MLflow run. The ``to_*`` helpers turn a validated config into the keyword
+arguments of ``nnlab.core`` / ``nnlab.data``, so the entry point never spells out keys itself.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterator, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+GROUPS = ("init", "activation", "optimizer", "dataset")
+
+
+# --- schema: the top-level config -------------------------------------------------------------
+@dataclass
+class ModelConfig:
+    depth: int = 2  # hidden layers (0 = softmax regression)
+    width: Any = 128  # units per hidden layer, or a list of `depth` widths
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 30
+    batch_size: int = 32
+    weight_decay: float = 0.01
+    schedule: str = "constant"  # constant | step | cosine
+    schedule_params: Dict[str, float] = field(default_factory=dict)
+    patience: Optional[int] = None  # early stopping on val_acc; null = never
+    probe_size: int = 512  # training samples used for the activation statistics
+
+
+@dataclass
+class TrackingConfig:
+    uri: Optional[str] = None  # null -> $MLFLOW_TRACKING_URI -> sqlite:///mlflow.db in the cwd
+    experiment: str = "nnlab"
+    flush_seconds: float = 1.0  # buffered metrics reach MLflow at least this often (live UI)
+    log_weights: bool = True  # trained weights as a weights.npz artifact
+
+
+@dataclass
+class Config:
+    init: Any = MISSING
+    activation: Any = MISSING
+    optimizer: Any = MISSING
+    dataset: Any = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    seed: int = 0
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# --- schema: one per kind of group option (conf/<group>/<option>.yaml names its schema) ----------
+@dataclass
+class NamedConfig:
+    name: str = MISSING
+
+
+@dataclass
+class ScaledInitConfig(NamedConfig):  # he, xavier, lecun
+    distribution: str = "normal"  # normal | uniform
+
+
+@dataclass
+class RandomInitConfig(NamedConfig):  # N(0, std^2)
+    std: float = 0.01
+
+
+@dataclass
+class OrthogonalInitConfig(NamedConfig):
+    gain: float = 1.0
+
+
+@dataclass
+class AlphaActivationConfig(NamedConfig):  # leaky_relu, elu
+    alpha: float = MISSING
+
+
+@dataclass
+class SGDConfig(NamedConfig):
+    lr: float = MISSING
+
+
+@dataclass
+class MomentumConfig(SGDConfig):
+    momentum: float = 0.9
+    nesterov: bool = False
+
+
+@dataclass
+class AdamConfig(SGDConfig):
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+
+@dataclass
+class DigitsConfig(NamedConfig):
+    split_seed: int = 0
+    val_size: float = 0.1
+    test_size: float = 0.2
+
+
+@dataclass
+class MnistConfig(NamedConfig):
+    path: str = "data/mnist"
+    split_seed: int = 0
+    val_size: float = 0.1
+
+
+SCHEMAS: dict[str, dict[str, type]] = {
+    "init": {"scaled": ScaledInitConfig, "random": RandomInitConfig, "orthogonal": OrthogonalInitConfig},
+    "activation": {"plain": NamedConfig, "alpha": AlphaActivationConfig},
+    "optimizer": {"sgd": SGDConfig, "momentum": MomentumConfig, "adam": AdamConfig},
+    "dataset": {"digits": DigitsConfig, "mnist": MnistConfig},
+}
+
+
+def register_configs() -> None:
+    """Put the schema in Hydra's ConfigStore: ``nnlab_schema`` and ``schema/<group>/<kind>``."""
+    cs = ConfigStore.instance()
+    cs.store(name="nnlab_schema", node=Config)
+    for group, kinds in SCHEMAS.items():
+        for kind, node in kinds.items():
+            cs.store(group=f"schema/{group}", name=kind, node=node)
+
+
+register_configs()
+
+
+# --- value checks -----------------------------------------------------------------------------
+class ConfigError(ValueError):
+    """An impossible config value; the message is one line naming the key and the value."""
+
+    def __init__(self, key: str, value: Any, requirement: str):
+        self.key, self.value = key, value
+        super().__init__(f"invalid config: {key}={_show(value)} ({requirement})")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, (DictConfig, ListConfig)):
+        value = OmegaConf.to_container(value, resolve=True)
+    return "null" if value is None else str(value)
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _int_at_least(low: int) -> tuple[Callable[[Any], bool], str]:
+    return (lambda v: _is_int(v) and v >= low), f"must be an integer >= {low}"
+
+
+_POSITIVE = (lambda v: _is_number(v) and v > 0), "must be a finite number > 0"
+_NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0), "must be a finite number >= 0"
+_FRACTION_OPEN = (lambda v: _is_number(v) and 0 < v < 1), "must be a fraction in (0, 1)"
+_FRACTION_HALF_OPEN = (lambda v: _is_number(v) and 0 <= v < 1), "must be in [0, 1)"
+_OPTIONAL_PATIENCE = (lambda v: v is None or (_is_int(v) and v >= 1)), "must be null or an integer >= 1"
+_NON_EMPTY = (lambda v: isinstance(v, str) and v.strip() != ""), "must be a non-empty string"
+
+# key -> (predicate, requirement); keys absent from the chosen group options are skipped
+_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "model.depth": _int_at_least(0),
+    "trainer.epochs": _int_at_least(0),
+    "trainer.batch_size": _int_at_least(1),
+    "trainer.probe_size": _int_at_least(1),
+    "trainer.weight_decay": _NON_NEGATIVE,
+    "trainer.patience": _OPTIONAL_PATIENCE,
+    "seed": _int_at_least(0),
+    "tracking.experiment": _NON_EMPTY,
+    "tracking.flush_seconds": _NON_NEGATIVE,
+    "init.std": _POSITIVE,
+    "init.gain": _POSITIVE,
+    "activation.alpha": _POSITIVE,
+    "optimizer.lr": _POSITIVE,
+    "optimizer.momentum": _FRACTION_HALF_OPEN,
+    "optimizer.beta1": _FRACTION_HALF_OPEN,
+    "optimizer.beta2": _FRACTION_HALF_OPEN,
+    "optimizer.eps": _POSITIVE,
+    "dataset.split_seed": _int_at_least(0),
+    "dataset.val_size": _FRACTION_OPEN,
+    "dataset.test_size": _FRACTION_OPEN,
+}
+
+
+def _registries() -> dict[str, tuple[str, Any]]:
+    """key -> valid names, taken from the core's own registries (never a copy of them)."""
+    from nnlab.core import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES
+    from nnlab.data import DATASETS
+
+    return {"init.name": INITIALIZERS, "activation.name": ACTIVATIONS, "optimizer.name": OPTIMIZERS,
+            "dataset.name": DATASETS, "trainer.schedule": SCHEDULES,
+            "init.distribution": ("normal", "uniform")}
+
+
+def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
+    sentinel = object()
+    value = OmegaConf.select(cfg, key, default=sentinel)
+    return value is not sentinel, value
+
+
+def _check_width(cfg: DictConfig) -> None:
+    depth, width = cfg.model.depth, cfg.model.width
+    if isinstance(width, ListConfig):
+        widths = list(width)
+        if len(widths) != depth or not all(_is_int(w) and w >= 1 for w in widths):
+            raise ConfigError("model.width", width, f"a list must hold model.depth={depth} integers >= 1")
+    elif not (_is_int(width) and width >= 1):
+        raise ConfigError("model.width", width, "must be an integer >= 1 or a list of model.depth integers")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise :class:`ConfigError` (one line: key, value, what is allowed) on the first bad value."""
+    for group in GROUPS:
+        if not isinstance(OmegaConf.select(cfg, group), DictConfig):
+            raise ConfigError(group, OmegaConf.select(cfg, group), f"choose a {group} option (conf/{group}/)")
+    for key, (ok, requirement) in _RULES.items():
+        present, value = _select(cfg, key)
+        if present and not ok(value):
+            raise ConfigError(key, value, requirement)
+    for key, valid in _registries().items():
+        present, value = _select(cfg, key)
+        if present and value not in valid:
+            raise ConfigError(key, value, f"valid choices: {', '.join(sorted(valid))}")
+    _check_width(cfg)
+    if cfg.dataset.name == "digits" and cfg.dataset.val_size + cfg.dataset.test_size >= 1:
+        raise ConfigError("dataset.val_size", cfg.dataset.val_size,
+                          f"val_size + test_size must be < 1, test_size={cfg.dataset.test_size}")
+
+
+# --- cfg -> arguments of nnlab.core / nnlab.data -------------------------------------------------
+def _options(node: DictConfig) -> dict[str, Any]:
+    """A group option's parameters: everything but its name."""
+    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
+
+
+def dataset_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``load_dataset(**dataset_kwargs(cfg))``."""
+    return {"name": cfg.dataset.name, **_options(cfg.dataset)}
+
+
+def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``MLP.from_shape(n_in, n_out, **model_kwargs(cfg))``."""
+    width = cfg.model.width
+    return {"depth": cfg.model.depth, "width": list(width) if isinstance(width, ListConfig) else width,
+            "activation": cfg.activation.name, "activation_params": _options(cfg.activation),
+            "init": cfg.init.name, "init_params": _options(cfg.init), "seed": cfg.seed}
+
+
+def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``make_optimizer(**optimizer_kwargs(cfg))``."""
+    return {"name": cfg.optimizer.name, **_options(cfg.optimizer)}
+
+
+def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``TrainConfig(**trainer_kwargs(cfg))``."""
+    return OmegaConf.to_container(cfg.trainer, resolve=True)
+
+
+# --- cfg -> the record --------------------------------------------------------------------------
+_NOT_PARAMS = ("tracking.uri",)  # may carry credentials (http://user:token@host); never a hyperparameter
+
+
+def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    if isinstance(node, dict) and node:
+        for key, value in node.items():
+            yield from _leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    else:
+        yield prefix, node
+
+
+def flat_params(cfg: DictConfig) -> dict[str, str]:
+    """Every resolved leaf under its dotted path (``model.depth``, ``optimizer.lr``, ...), as strings."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    return {key: _show(value) for key, value in _leaves(tree, "") if key not in _NOT_PARAMS}
+
+
+def group_choices(cfg: DictConfig, hydra_choices: dict[str, Any] | None = None) -> dict[str, str]:
+    """Each group's chosen option (Hydra's choice when known, else the option's ``name``)."""
+    hydra_choices = hydra_choices or {}
+    return {g: str(hydra_choices.get(g) or cfg[g].name) for g in GROUPS}
+
+
+_NAMED_IN_RUN_NAME = {"activation", "init", "model.depth", "seed"}
+_NEVER_IN_RUN_NAME = ("tracking.", "hydra.", "+experiment", "experiment", "trainer.epochs")
+
+
+def run_name(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> str:
+    """A name readable at a glance: ``relu-he-d4-s0``, plus the other overridden values (``-lr0.1``)."""
+    parts = [str(cfg.activation.name), str(cfg.init.name), f"d{cfg.model.depth}", f"s{cfg.seed}"]
+    for override in overrides:
+        key, _, value = override.lstrip("~+").partition("=")
+        if key in _NAMED_IN_RUN_NAME or key.startswith(_NEVER_IN_RUN_NAME) or not value:
+            continue
+        parts.append(value if key in GROUPS else f"{key.rsplit('.', 1)[-1]}{value}")
+    return "-".join(parts)
+
+
+# --- a sweep, checked whole before its parent run exists -----------------------------------------
+_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+_PER_SWEEP = ("tracking.uri", "tracking.experiment")  # one parent run, one store, one experiment
+
+
+def _is_leaf_override(override: Any) -> bool:
+    """``key=value`` / ``+key=value`` on a config value (not a group choice, not a deletion)."""
+    key = override.key_or_group
+    return (not override.is_delete() and override.package is None and "/" not in key
+            and ("." in key or key not in (*GROUPS, "experiment")))
+
+
+def _apply_leaf(cfg: DictConfig, override: Any) -> None:
+    key, value = override.key_or_group, override.value()
+    try:
+        OmegaConf.update(cfg, key, value, merge=True, force_add=override.is_add() or override.is_force_add())
+    except Exception as err:  # omegaconf's ValidationError / ConfigKeyError: a wrong type or an unknown key
+        raise ConfigError(key, value, str(err).splitlines()[0]) from None
+
+
+def sweep_jobs(config: DictConfig) -> list[DictConfig] | None:
+    """Every job config of a multirun (basic sweeper), validated; ``None`` for other sweepers.
+
+    Group choices are composed once per distinct combination (Hydra composition costs ~50 ms),
+    value overrides are applied on a copy, so checking a 100-job grid costs well under a second.
+    """
+    from hydra import compose
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if OmegaConf.select(config, "hydra.sweeper._target_") != _BASIC_SWEEPER:
+        return None
+    params = OmegaConf.to_container(config.hydra.sweeper.params or {}, resolve=False)
+    arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
+    parser = OverridesParser.create()
+    jobs = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
+    composed: dict[tuple[str, ...], DictConfig] = {}
+    configs = []
+    for job in jobs:
+        overrides = parser.parse_overrides(job)
+        structural = tuple(o.input_line for o in overrides if not _is_leaf_override(o))
+        if structural not in composed:
+            composed[structural] = compose(config.hydra.job.config_name, overrides=list(structural))
+        cfg = copy.deepcopy(composed[structural])
+        for override in overrides:
+            if _is_leaf_override(override):
+                _apply_leaf(cfg, override)
+        validate(cfg)
+        configs.append(cfg)
+    for key in _PER_SWEEP:
+        values = {OmegaConf.select(c, key) for c in configs}
+        if len(values) > 1:
+            raise ConfigError(key, ",".join(map(_show, values)), "cannot vary within one sweep")
+    return configs

@@ -1,0 +1,356 @@
+"""MLflow: where runs go, their lifecycle, batched metric logging, and one parent run per sweep.
+
+The tracker only records: every number it logs was computed by ``nnlab.core``. Metrics are
+buffered and sent with ``MlflowClient.log_batch`` at most every ``flush_seconds`` (one sqlite
+transaction instead of one per value), so a 100-epoch run costs a few dozen writes yet stays live
+in the UI. A run is closed on every path out of it: FINISHED, or FAILED with an ``nnlab.failure``
+tag (``diverged`` + ``nnlab.failure_epoch``, else the exception's class, ``KeyboardInterrupt``
+included).
+
+Tracking URI precedence: an explicit ``tracking.uri`` > ``$MLFLOW_TRACKING_URI`` >
+``sqlite:///mlflow.db`` in the current directory (MLflow 3's own default file).
+"""
+from __future__ import annotations
+
+import atexit
+import functools
+import getpass
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3 UI: open on training runs
+PARENT_TAG = "mlflow.parentRunId"
+FAILURE_TAG = "nnlab.failure"
+# how a sweep's launching process tells its jobs (in-process or joblib workers) where they belong
+ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE = "NNLAB_PARENT_RUN_ID", "NNLAB_SWEEP_ID", "NNLAB_SWEEP_SIZE"
+_MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100  # MLflow's per-log_batch limits
+
+
+# --- where --------------------------------------------------------------------------------------
+def resolve_uri(explicit: str | None = None) -> str:
+    """``tracking.uri`` > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///mlflow.db``; sqlite paths made absolute."""
+    uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    path = sqlite_path(uri)
+    return f"sqlite:///{path}" if path is not None else uri
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (absolute), else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0]).expanduser().resolve()
+
+
+def ui_hint(uri: str, experiment_id: str) -> str:
+    """The command that opens the MLflow UI on this store, and the link to the experiment's runs."""
+    runs = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    if uri.startswith(("http://", "https://")):
+        return f"MLflow runs: {uri.rstrip('/')}/{runs}"
+    shown = uri
+    path = sqlite_path(uri)
+    if path is not None:
+        try:
+            shown = f"sqlite:///{path.relative_to(Path.cwd())}"
+        except ValueError:
+            pass
+    return (f"Open the MLflow UI:  mlflow ui --backend-store-uri {shown}\n"
+            f"            then:  http://127.0.0.1:5000/{runs}")
+
+
+@functools.lru_cache(maxsize=1)
+def git_tags() -> dict[str, str]:
+    """The checkout's commit (and whether it has local changes); empty outside a git repository."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        if commit.returncode != 0:
+            return {}
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": commit.stdout.strip(), "nnlab.git_dirty": str(bool(dirty.stdout.strip()))}
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # no USER/LOGNAME and no passwd entry (some containers)
+        return "unknown"
+
+
+def failure_tags(error: BaseException) -> dict[str, str]:
+    """Why a run failed: ``diverged`` (+ epoch) for a NaN/inf loss, else the exception's class."""
+    from nnlab.core import DivergenceError
+
+    message = (str(error).splitlines() or [""])[0][:500]
+    if isinstance(error, DivergenceError):
+        return {FAILURE_TAG: "diverged", "nnlab.failure_epoch": str(error.epoch), "nnlab.failure_message": message}
+    return {FAILURE_TAG: type(error).__name__, "nnlab.failure_message": message}
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+# --- one run ------------------------------------------------------------------------------------
+class RunLogger:
+    """One MLflow run: params, buffered metrics, artifacts; a context manager that always closes it."""
+
+    def __init__(self, client: Any, run_id: str, flush_seconds: float = 1.0):
+        self.client, self.run_id, self.flush_seconds = client, run_id, flush_seconds
+        self._buffer: list = []
+        self._last_flush = time.monotonic()
+        self.status: str = "RUNNING"
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for chunk in _chunks(items, _MAX_PARAMS):
+            self.client.log_batch(self.run_id, params=chunk)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        items = [RunTag(k, str(v)) for k, v in tags.items()]
+        for chunk in _chunks(items, _MAX_TAGS):
+            self.client.log_batch(self.run_id, tags=chunk)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        """Buffer one step's metrics; send the buffer when ``flush_seconds`` have passed."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        if time.monotonic() - self._last_flush >= self.flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        buffer, self._buffer = self._buffer, []
+        for chunk in _chunks(buffer, _MAX_METRICS):
+            self.client.log_batch(self.run_id, metrics=chunk)
+        self._last_flush = time.monotonic()
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def close(self, error: BaseException | None = None) -> None:
+        """Flush, then FINISHED, or FAILED with the reason tags. Idempotent."""
+        if self.status != "RUNNING":
+            return
+        self.status = "FAILED" if error is not None else "FINISHED"
+        try:
+            self.flush()
+            if error is not None:
+                self.set_tags(failure_tags(error))
+        finally:
+            self.client.set_terminated(self.run_id, status=self.status)
+
+    def __enter__(self) -> "RunLogger":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.close(exc)
+        return False
+
+
+class Tracker:
+    """An MLflow store (by URI) and the experiments and runs nnlab creates in it."""
+
+    def __init__(self, uri: str | None = None):
+        from mlflow import MlflowClient
+
+        self.uri = resolve_uri(uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
+
+    def _artifact_location(self, experiment: str) -> str | None:
+        # next to the sqlite file (not in whatever directory the process runs from)
+        path = sqlite_path(self.uri)
+        if path is None:
+            return None
+        return (path.parent / "mlartifacts" / re.sub(r"[^\w.-]+", "_", experiment)).as_uri()
+
+    def experiment_id(self, name: str) -> str:
+        """Get or create the experiment (tagged as model training); creating the store on first use."""
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is None:
+            try:
+                return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
+                                                     tags=dict([EXPERIMENT_KIND]))
+            except MlflowException as err:  # another process created it in between
+                experiment = self.client.get_experiment_by_name(name)
+                if experiment is None:
+                    raise err
+        if experiment.lifecycle_stage == "deleted":
+            raise ValueError(f"MLflow experiment {name!r} is deleted in {self.uri}; restore it "
+                             f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) "
+                             "or choose another tracking.experiment")
+        if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
+            self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        return experiment.experiment_id
+
+    def start_run(self, experiment_id: str, name: str, tags: Mapping[str, Any] | None = None,
+                  parent_id: str | None = None, flush_seconds: float = 1.0) -> RunLogger:
+        """Create a RUNNING run (a child of ``parent_id`` if given) with the standard context tags."""
+        from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
+
+        base = {MLFLOW_SOURCE_NAME: "nnlab.run", MLFLOW_SOURCE_TYPE: "LOCAL",
+                MLFLOW_USER: _user(), **git_tags()}
+        if parent_id:
+            base[PARENT_TAG] = parent_id
+        tags = {**base, **{k: str(v) for k, v in (tags or {}).items()}}
+        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        return RunLogger(self.client, run.info.run_id, flush_seconds)
+
+    def children(self, experiment_id: str, parent_id: str) -> list:
+        """All child runs of a parent (any status)."""
+        from mlflow.entities import ViewType
+
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                                           run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
+
+
+# --- a sweep: Hydra callback in the launching process --------------------------------------------
+class JobsFailed(RuntimeError):
+    """Some jobs of a sweep failed (the parent run's ``nnlab.failure`` tag)."""
+
+
+class SweepAborted(RuntimeError):
+    """The sweep stopped before its end (Ctrl-C, or an error raised through Hydra)."""
+
+
+class SweepCallback(Callback):
+    """One MLflow parent run per multirun; jobs (in-process or joblib workers) become its children.
+
+    ``on_multirun_start`` validates every job first (a refused config creates no run), then
+    creates the store, the experiment and the parent run *before* any worker starts (parallel
+    first-time schema creation on one sqlite file is a known MLflow race). ``on_multirun_end`` —
+    or, when a job raises through Hydra or Ctrl-C stops the sweep, an ``atexit`` hook — closes the
+    parent: FINISHED if every child finished, else FAILED; children a killed worker left RUNNING are
+    marked FAILED (``nnlab.failure=interrupted``). A sweep with failed jobs still runs every job,
+    then exits with status 1.
+    """
+
+    def __init__(self) -> None:
+        self.tracker: Tracker | None = None
+        self.parent: RunLogger | None = None
+        self.experiment_id = ""
+        self.sweep_dir: Path | None = None
+        self.n_jobs: int | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from nnlab.config import ConfigError, sweep_jobs, validate
+
+        try:
+            validate(config)
+            jobs = sweep_jobs(config)
+        except ConfigError as err:
+            sys.stderr.write(f"nnlab: {err}\n")
+            sys.exit(2)
+        self.n_jobs = len(jobs) if jobs is not None else None
+        self.tracker = Tracker(config.tracking.uri)
+        self.experiment_id = self.tracker.experiment_id(config.tracking.experiment)
+        sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        tags = {"sweep_id": sweep_id, "nnlab.overrides": " ".join(config.hydra.overrides.task),
+                "nnlab.sweep_dir": str(self.sweep_dir), "nnlab.jobs": len(jobs) if jobs is not None else "?"}
+        self.parent = self.tracker.start_run(self.experiment_id, f"sweep-{sweep_id}", tags)
+        os.environ.update({ENV_PARENT: self.parent.run_id, ENV_SWEEP_ID: sweep_id,
+                           ENV_SWEEP_SIZE: str(len(jobs)) if jobs is not None else "?"})
+        atexit.register(self.close, aborted=True)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = self.close()
+        if failed:
+            sys.exit(1)
+
+    def close(self, aborted: bool = False) -> int:
+        """Close the parent once; print the sweep's summary and the UI hint. Returns #failed jobs."""
+        if self.parent is None or self.parent.status != "RUNNING":
+            return 0
+        for key in (ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE):
+            os.environ.pop(key, None)
+        children = self.tracker.children(self.experiment_id, self.parent.run_id)
+        for run in children:
+            if run.info.status == "RUNNING":  # its worker was killed before it could close it
+                self.tracker.client.set_tag(run.info.run_id, FAILURE_TAG, "interrupted")
+                self.tracker.client.set_terminated(run.info.run_id, status="FAILED")
+        finished = [r for r in children if r.info.status == "FINISHED"]
+        failed = [r for r in children if r.info.status != "FINISHED"]
+        # jobs that failed before their run existed (e.g. missing data files) leave no run: count them
+        n_failed = max(len(failed), self.n_jobs - len(finished)) if self.n_jobs is not None else len(failed)
+        self.parent.set_tags({"nnlab.jobs_finished": len(finished), "nnlab.jobs_failed": n_failed})
+        if self.sweep_dir is not None:
+            self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
+        error = SweepAborted("the sweep stopped before all jobs ran") if aborted else (
+            JobsFailed(f"{n_failed} of {len(finished) + n_failed} jobs failed") if n_failed else None)
+        self.parent.close(error)
+        print(sweep_summary(self.parent.run_id, finished, failed, n_failed, aborted), file=sys.stderr)
+        print(ui_hint(self.tracker.uri, self.experiment_id), file=sys.stderr)
+        return n_failed
+
+
+def sweep_summary(parent_id: str, finished: list, failed: list, n_failed: int, aborted: bool = False) -> str:
+    """A few lines: counts, the best finished run, and each failed run with its reason."""
+    state = "aborted" if aborted else "done"
+    lines = [f"sweep {state}: {len(finished)} finished, {n_failed} failed (parent run {parent_id})"]
+    scored = [r for r in finished if "test_acc" in r.data.metrics]
+    if scored:
+        best = max(scored, key=lambda r: r.data.metrics["test_acc"])
+        lines.append(f"  best: {best.info.run_name}  test_acc={best.data.metrics['test_acc']:.4f}")
+    for run in failed:
+        tags = run.data.tags
+        why = tags.get(FAILURE_TAG, "interrupted")
+        if why == "diverged":
+            why += f" at epoch {tags.get('nnlab.failure_epoch', '?')}"
+        lines.append(f"  FAILED {run.info.run_name}: {why}")
+    if n_failed > len(failed):
+        lines.append(f"  {n_failed - len(failed)} job(s) failed before their run was created: see the log above")
+    return "\n".join(lines)
+
+
+def job_context() -> dict[str, Any]:
+    """What Hydra knows about the current job (empty when ``train`` is called without Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    output = Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None
+    return {
+        "choices": OmegaConf.to_container(hc.runtime.choices),
+        "overrides": list(hc.overrides.task),
+        "multirun": multirun,
+        "job_num": int(hc.job.num) if multirun else 0,
+        "launcher": str(OmegaConf.select(hc, "launcher._target_", default="")),
+        "hydra_dir": output,
+        "parent_id": os.environ.get(ENV_PARENT) if multirun else None,
+        "sweep_id": os.environ.get(ENV_SWEEP_ID) if multirun else None,
+        "sweep_size": os.environ.get(ENV_SWEEP_SIZE, "?") if multirun else "1",
+    }
