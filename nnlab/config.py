@@ -293,7 +293,7 @@ def group_choices(cfg: DictConfig, hydra_choices: dict[str, Any] | None = None) 
 
 
 _NAMED_IN_RUN_NAME = {"activation", "init", "model.depth", "seed"}
-_NEVER_IN_RUN_NAME = ("tracking.", "hydra.", "+experiment", "experiment", "trainer.epochs")
+_NEVER_IN_RUN_NAME = ("tracking.", "hydra.", "trainer.epochs")  # prefixes; `+experiment=` is the study itself
 
 
 def run_name(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> str:
@@ -301,9 +301,10 @@ def run_name(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> st
     parts = [str(cfg.activation.name), str(cfg.init.name), f"d{cfg.model.depth}", f"s{cfg.seed}"]
     for override in overrides:
         key, _, value = override.lstrip("~+").partition("=")
-        if key in _NAMED_IN_RUN_NAME or key.startswith(_NEVER_IN_RUN_NAME) or not value:
+        if key in _NAMED_IN_RUN_NAME or key == "experiment" or key.startswith(_NEVER_IN_RUN_NAME) or not value:
             continue
-        parts.append(value if key in GROUPS else f"{key.rsplit('.', 1)[-1]}{value}")
+        is_group = key in GROUPS or "/" in key  # a choice reads as itself: `sgd`, `classic`
+        parts.append(value if is_group else f"{key.rsplit('.', 1)[-1]}{value}")
     return "-".join(parts)
 
 
@@ -339,7 +340,8 @@ def sweep_jobs(config: DictConfig) -> list[DictConfig] | None:
 
     if OmegaConf.select(config, "hydra.sweeper._target_") != _BASIC_SWEEPER:
         return None
-    params = OmegaConf.to_container(config.hydra.sweeper.params or {}, resolve=False)
+    params_node = OmegaConf.select(config, "hydra.sweeper.params")
+    params = OmegaConf.to_container(params_node, resolve=False) if params_node is not None else {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
     parser = OverridesParser.create()
     jobs = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]

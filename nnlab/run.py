@@ -25,6 +25,8 @@ from omegaconf import DictConfig, OmegaConf
 from nnlab import config as C
 from nnlab.tracking import RunLogger, Tracker, job_context, ui_hint
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # absolute: works from any cwd and any import path
+
 
 # --- build (everything that can refuse the config happens before the MLflow run exists) ----------
 @functools.lru_cache(maxsize=4)
@@ -170,17 +172,18 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _one_line(err: BaseException) -> str:
+def _one_line(err: BaseException, cfg: DictConfig, context: dict) -> str:
     from nnlab.core import DivergenceError
 
     if isinstance(err, C.ConfigError):
         return f"nnlab: {err} -- no run was created"
     first = (str(err).splitlines() or [""])[0]
     kind = "diverged" if isinstance(err, DivergenceError) else type(err).__name__
-    return f"nnlab: run failed ({kind}): {first} -- marked FAILED in MLflow"
+    name = C.run_name(cfg, context.get("overrides", ()))
+    return f"nnlab: run {name} failed ({kind}): {first}"
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra's task function: one job. Returns test_acc (what a tuning sweeper would maximise)."""
     context = job_context()
@@ -188,11 +191,15 @@ def main(cfg: DictConfig) -> float | None:
         with _sigterm_as_interrupt(), _blas_threads(context):
             return train(cfg)["test_acc"]
     except Exception as err:  # the run (if any) is already closed as FAILED
-        print(_one_line(err), file=sys.stderr, flush=True)
+        print(_one_line(err, cfg, context), file=sys.stderr, flush=True)
         if context.get("multirun"):
             return None  # the sweep goes on; SweepCallback counts failures and exits 1 at the end
         sys.exit(2 if isinstance(err, C.ConfigError) else 1)
 
 
 if __name__ == "__main__":
-    main()
+    # call main through the importable module, not __main__: joblib workers then unpickle the task
+    # function by reference (nnlab.run.main) instead of by value with this module's globals
+    from nnlab.run import main as _main
+
+    _main()

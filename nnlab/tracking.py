@@ -263,20 +263,31 @@ class SweepCallback(Callback):
         self.n_jobs: int | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exceptions into warnings and carries on: so exit here explicitly
+        from hydra.errors import HydraException
+
         from nnlab.config import ConfigError, sweep_jobs, validate
 
         try:
-            validate(config)
-            jobs = sweep_jobs(config)
+            jobs = sweep_jobs(config)  # every job's config; None for sweepers other than the basic one
+            if jobs is None:
+                validate(config)  # at least the keys no sweep changes (each job validates itself too)
         except ConfigError as err:
-            sys.stderr.write(f"nnlab: {err}\n")
+            sys.stderr.write(f"nnlab: {err} -- no run was created\n")
             sys.exit(2)
+        except HydraException:
+            return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
         self.n_jobs = len(jobs) if jobs is not None else None
-        self.tracker = Tracker(config.tracking.uri)
-        self.experiment_id = self.tracker.experiment_id(config.tracking.experiment)
+        try:
+            self.tracker = Tracker(config.tracking.uri)
+            self.experiment_id = self.tracker.experiment_id(config.tracking.experiment)
+        except Exception as err:
+            sys.stderr.write(f"nnlab: cannot use the MLflow store {resolve_uri(config.tracking.uri)}: "
+                             f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}\n")
+            sys.exit(1)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        tags = {"sweep_id": sweep_id, "nnlab.overrides": " ".join(config.hydra.overrides.task),
+        tags = {"sweep_id": sweep_id, "overrides": " ".join(config.hydra.overrides.task),
                 "nnlab.sweep_dir": str(self.sweep_dir), "nnlab.jobs": len(jobs) if jobs is not None else "?"}
         self.parent = self.tracker.start_run(self.experiment_id, f"sweep-{sweep_id}", tags)
         os.environ.update({ENV_PARENT: self.parent.run_id, ENV_SWEEP_ID: sweep_id,
