@@ -67,10 +67,12 @@ def ui_hint(uri: str, experiment_id: str) -> str:
             f"            then:  http://127.0.0.1:5000/{runs}")
 
 
-@functools.lru_cache(maxsize=1)
-def git_tags() -> dict[str, str]:
-    """The checkout's commit (and whether it has local changes); empty outside a git repository."""
-    here = Path(__file__).resolve().parent
+@functools.lru_cache(maxsize=4)
+def git_tags(here: Path = Path(__file__).resolve().parent) -> dict[str, str]:
+    """The commit of the checkout holding ``here`` (nnlab's own), and whether it has local changes.
+
+    Empty outside a git repository or without git: a missing commit never fails a run.
+    """
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
         if commit.returncode != 0:

@@ -1,0 +1,114 @@
+"""The config: every group option composes and validates; impossible values are refused by name."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+from nnlab import config as C
+from nnlab.core import ACTIVATIONS, INITIALIZERS, OPTIMIZERS
+from nnlab.data import DATASETS
+from nnlab.run import CONF_DIR
+
+
+@pytest.fixture(scope="module")
+def hydra_conf():
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        yield lambda *overrides: compose("config", overrides=list(overrides))
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group, registry", [("init", INITIALIZERS), ("activation", ACTIVATIONS),
+                                             ("optimizer", OPTIMIZERS), ("dataset", DATASETS)])
+def test_every_core_name_has_exactly_one_conf_option(group, registry):
+    assert options(group) == sorted(registry)
+
+
+@pytest.mark.parametrize("group, option", [(g, o) for g in C.GROUPS for o in options(g)])
+def test_every_group_option_composes_and_validates(hydra_conf, group, option):
+    cfg = hydra_conf(f"{group}={option}")
+    C.validate(cfg)
+    assert cfg[group].name == option
+    kwargs = {"init": C.model_kwargs(cfg)["init_params"], "activation": C.model_kwargs(cfg)["activation_params"],
+              "optimizer": C.optimizer_kwargs(cfg), "dataset": C.dataset_kwargs(cfg)}[group]
+    assert "name" not in kwargs or group in ("optimizer", "dataset")
+
+
+def test_defaults_match_the_contract(hydra_conf):
+    cfg = hydra_conf()
+    assert OmegaConf.to_container(cfg.model) == {"depth": 2, "width": 128}
+    assert (cfg.init.name, cfg.activation.name, cfg.optimizer.name, cfg.dataset.name) == ("he", "relu", "adam", "digits")
+    assert cfg.trainer.epochs == 30 and cfg.trainer.batch_size == 32 and cfg.trainer.weight_decay == 0.01
+    assert cfg.tracking.uri is None and cfg.tracking.experiment == "nnlab" and cfg.seed == 0
+    assert cfg.dataset.val_size == 0.1 and cfg.dataset.test_size == 0.2
+
+
+def test_core_arguments_build_a_model(hydra_conf):
+    from nnlab.core import MLP, TrainConfig, make_optimizer
+
+    cfg = hydra_conf("init=orthogonal", "activation=leaky_relu", "optimizer=momentum", "model.width=[8,4]")
+    model = MLP.from_shape(64, 10, **C.model_kwargs(cfg))
+    assert model.sizes == [64, 8, 4, 10]
+    assert make_optimizer(**C.optimizer_kwargs(cfg)).momentum == 0.9
+    assert TrainConfig(**C.trainer_kwargs(cfg)).weight_decay == 0.01
+
+
+@pytest.mark.parametrize("override, key", [
+    ("model.depth=-1", "model.depth"), ("model.width=0", "model.width"), ("model.width=[4,4,4]", "model.width"),
+    ("optimizer.lr=0", "optimizer.lr"), ("optimizer.lr=-1e-3", "optimizer.lr"), ("optimizer.beta1=1.0", "optimizer.beta1"),
+    ("trainer.batch_size=0", "trainer.batch_size"), ("trainer.epochs=-2", "trainer.epochs"),
+    ("trainer.weight_decay=-0.1", "trainer.weight_decay"), ("trainer.patience=0", "trainer.patience"),
+    ("trainer.schedule=linear", "trainer.schedule"), ("seed=-1", "seed"), ("init.distribution=laplace", "init.distribution"),
+    ("dataset.test_size=1.5", "dataset.test_size"), ("tracking.experiment=", "tracking.experiment"),
+])
+def test_impossible_values_are_refused_in_one_line_naming_key_and_value(hydra_conf, override, key):
+    cfg = hydra_conf(override)
+    with pytest.raises(C.ConfigError) as info:
+        C.validate(cfg)
+    message = str(info.value)
+    assert info.value.key == key and "\n" not in message
+    assert message.startswith(f"invalid config: {key}=")
+
+
+def test_group_parameters_are_validated_too(hydra_conf):
+    for overrides, key in [(("init=random", "init.std=0"), "init.std"), (("activation=elu", "activation.alpha=-1"), "activation.alpha"),
+                           (("optimizer=momentum", "optimizer.momentum=1.5"), "optimizer.momentum")]:
+        with pytest.raises(C.ConfigError, match=key.replace(".", r"\.")):
+            C.validate(hydra_conf(*overrides))
+
+
+@pytest.mark.parametrize("override", ["trainer.epochs=abc", "model.depth=1.5", "seed=x", "init.std=0.1"])
+def test_wrong_types_and_foreign_keys_fail_while_composing(hydra_conf, override):
+    with pytest.raises(HydraException):
+        hydra_conf(override)
+
+
+def test_unknown_option_lists_the_valid_ones(hydra_conf):
+    with pytest.raises(HydraException, match=r"(?s)activation/foo.*leaky_relu.*tanh"):
+        hydra_conf("activation=foo")
+
+
+def test_params_hold_every_leaf_but_the_uri(hydra_conf):
+    cfg = hydra_conf("init=random", "tracking.uri=http://user:secret@host:5000")
+    params = C.flat_params(cfg)
+    for key in ("model.depth", "model.width", "optimizer.lr", "init.std", "trainer.epochs", "seed", "dataset.split_seed"):
+        assert key in params
+    assert params["init.std"] == "0.01" and params["trainer.patience"] == "null"
+    assert not any("secret" in v for v in params.values()) and "tracking.uri" not in params
+    assert C.group_choices(cfg) == {"init": "random", "activation": "relu", "optimizer": "adam", "dataset": "digits"}
+
+
+def test_run_names_read_at_a_glance(hydra_conf):
+    cfg = hydra_conf("model.depth=4", "activation=tanh", "init=xavier", "seed=3")
+    assert C.run_name(cfg) == "tanh-xavier-d4-s3"
+    overrides = ["model.depth=4", "optimizer=sgd", "optimizer.lr=0.1", "+experiment=smoke", "tracking.uri=x"]
+    assert C.run_name(cfg, overrides) == "tanh-xavier-d4-s3-sgd-lr0.1"
+
+
+def test_experiment_folder_is_the_experiment_group():
+    link = CONF_DIR / "experiment"
+    assert link.is_symlink() and Path(link.resolve()) == (CONF_DIR.parent / "experiments").resolve()

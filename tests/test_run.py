@@ -1,0 +1,127 @@
+"""The task function ``train(cfg)`` in-process, read back from a temporary MLflow store."""
+import io
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow import MlflowClient
+
+import nnlab.core
+from nnlab.config import ConfigError
+from nnlab.run import CONF_DIR, train
+
+RECORD = {"train_loss", "train_acc", "val_loss", "val_acc", "grad_norm/global"}
+FINAL = {"test_loss", "test_acc", "best_val_acc", "epochs_run", "train_seconds"}
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+    def make(*overrides):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            return compose("config", overrides=[f"tracking.uri={store}", "tracking.experiment=t", *overrides])
+
+    make.client = MlflowClient(store)
+    return make
+
+
+def runs(client):
+    experiment = client.get_experiment_by_name("t")
+    return [] if experiment is None else client.search_runs([experiment.experiment_id])
+
+
+def test_one_epoch_run_is_recorded_whole(make_cfg):
+    final = train(make_cfg("trainer.epochs=2", "model.depth=3", "model.width=16", "init=xavier", "activation=tanh"))
+    assert set(final) == FINAL and final["epochs_run"] == 2
+    (run,) = runs(make_cfg.client)
+    assert run.info.status == "FINISHED" and run.info.run_name == "tanh-xavier-d3-s0"
+    # params: the group choices and every resolved leaf by dotted path
+    params = run.data.params
+    assert {params[g] for g in ("init", "activation", "optimizer", "dataset")} == {"xavier", "tanh", "adam", "digits"}
+    assert params["model.depth"] == "3" and params["optimizer.lr"] == "0.001" and params["trainer.epochs"] == "2"
+    # metrics: the record's names, steps 0..N (0 = at initialisation), final metrics
+    names = set(run.data.metrics)
+    per_layer = {f"grad_norm/layer_{i}" for i in range(1, 5)} | {
+        f"act_{s}/layer_{i}" for s in ("mean", "std", "saturation") for i in range(1, 4)}
+    assert names == RECORD | per_layer | FINAL
+    for name in RECORD | per_layer:
+        steps = sorted(m.step for m in make_cfg.client.get_metric_history(run.info.run_id, name))
+        assert steps == [0, 1, 2], name
+    assert run.data.metrics["test_acc"] == pytest.approx(final["test_acc"])
+    # artifacts: resolved config and the weights as a plain npz (no pickle)
+    paths = {a.path for a in make_cfg.client.list_artifacts(run.info.run_id)}
+    assert {"config.yaml", "weights.npz"} <= paths
+    weights = make_cfg.client.download_artifacts(run.info.run_id, "weights.npz")
+    with np.load(weights, allow_pickle=False) as npz:
+        assert [npz[f"W{i}"].shape for i in range(1, 5)] == [(64, 16), (16, 16), (16, 16), (16, 10)]
+    config_text = open(make_cfg.client.download_artifacts(run.info.run_id, "config.yaml")).read()
+    assert "depth: 3" in config_text
+    assert "mlflow.parentRunId" not in run.data.tags  # a single run has no parent
+
+
+def test_tracking_does_not_change_the_numbers(make_cfg):
+    """The tracker only records: train() returns what the core computes for the same seed."""
+    from nnlab.core import MLP, TrainConfig, evaluate, fit, make_optimizer
+    from nnlab.data import load_dataset
+
+    final = train(make_cfg("trainer.epochs=2", "model.width=16", "seed=3"))
+    ds = load_dataset("digits")
+    model = MLP.from_shape(ds.n_features, ds.n_classes, 2, 16, seed=3)
+    fit(model, make_optimizer("adam", lr=1e-3), ds.x_train, ds.y_train, ds.x_val, ds.y_val,
+        TrainConfig(epochs=2, weight_decay=0.01), seed=3)
+    assert final["test_acc"] == evaluate(model, ds.x_test, ds.y_test)[1]
+
+
+def test_divergence_fails_the_run_with_its_epoch(make_cfg):
+    with pytest.raises(nnlab.core.DivergenceError):
+        train(make_cfg("trainer.epochs=3", "optimizer=sgd", "optimizer.lr=1e6", "model.width=16"))
+    (run,) = runs(make_cfg.client)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["nnlab.failure"] == "diverged" and run.data.tags["nnlab.failure_epoch"] == "1"
+    assert "val_acc" in run.data.metrics  # epoch 0 was recorded before the failure
+
+
+def test_ctrl_c_mid_training_leaves_no_running_run(make_cfg, monkeypatch):
+    real_fit = nnlab.core.fit
+
+    def interrupted_fit(*args, callback, **kwargs):
+        def stop(epoch, metrics):
+            callback(epoch, metrics)
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+        return real_fit(*args, callback=stop, **kwargs)
+
+    monkeypatch.setattr(nnlab.core, "fit", interrupted_fit)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg("trainer.epochs=5", "model.width=16"))
+    (run,) = runs(make_cfg.client)
+    assert run.info.status == "FAILED" and run.data.tags["nnlab.failure"] == "KeyboardInterrupt"
+    steps = sorted(m.step for m in make_cfg.client.get_metric_history(run.info.run_id, "val_acc"))
+    assert steps == [0, 1]
+
+
+@pytest.mark.parametrize("override", ["model.depth=-1", "optimizer.lr=0", "trainer.batch_size=0"])
+def test_refused_config_creates_no_run(make_cfg, override):
+    with pytest.raises(ConfigError):
+        train(make_cfg(override))
+    assert runs(make_cfg.client) == []
+
+
+def test_summary_line_without_a_terminal(make_cfg, capsys):
+    train(make_cfg("trainer.epochs=1", "model.width=8"))
+    out = capsys.readouterr()
+    assert out.out.startswith("[1/1] relu-he-d2-s0  test_acc=") and out.out.count("\n") == 1
+    assert "it/s" not in out.err and "runs?workflowType=machine_learning" in out.err
+
+
+def test_progress_bar_in_a_terminal(make_cfg, capsys, monkeypatch):
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    fake = Tty()
+    monkeypatch.setattr("sys.stderr", fake)
+    train(make_cfg("trainer.epochs=3", "model.width=8"))
+    assert "relu-he-d2-s0:" in fake.getvalue() and "/3 [" in fake.getvalue()  # a tqdm bar over 3 epochs

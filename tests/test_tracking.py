@@ -1,0 +1,105 @@
+"""The tracker on its own, against a temporary sqlite store: URIs, batching, run lifecycle."""
+import pytest
+from mlflow import MlflowClient
+
+from nnlab import tracking as T
+from nnlab.core import DivergenceError
+
+
+@pytest.fixture
+def store(tmp_path):
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+def test_uri_precedence_explicit_then_env_then_default(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert T.resolve_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking.example:5000")
+    assert T.resolve_uri(None) == "http://tracking.example:5000"
+    assert T.resolve_uri("sqlite:///other.db") == f"sqlite:///{tmp_path / 'other.db'}"
+    assert T.resolve_uri("http://localhost:5000") == "http://localhost:5000"
+
+
+def test_ui_hint_gives_the_command_and_the_runs_link(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    hint = T.ui_hint(T.resolve_uri("sqlite:///mlflow.db"), "7")
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in hint
+    assert "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" in hint
+    assert T.ui_hint("http://host:5000/", "3") == \
+        "MLflow runs: http://host:5000/#/experiments/3/runs?workflowType=machine_learning"
+
+
+def test_experiment_is_created_once_tagged_as_model_training(store, tmp_path):
+    tracker = T.Tracker(store)
+    first = tracker.experiment_id("study")
+    assert tracker.experiment_id("study") == first
+    experiment = MlflowClient(store).get_experiment(first)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment.artifact_location.startswith((tmp_path / "mlartifacts").as_uri())
+
+
+class CountingClient:
+    """Wraps MlflowClient and counts the calls that write metrics."""
+
+    def __init__(self, client):
+        self.client, self.metric_batches = client, 0
+
+    def log_batch(self, run_id, metrics=(), **kw):
+        self.metric_batches += bool(metrics)
+        return self.client.log_batch(run_id, metrics=metrics, **kw)
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+
+def test_metrics_are_buffered_and_all_arrive_with_their_steps(store):
+    tracker = T.Tracker(store)
+    run = tracker.start_run(tracker.experiment_id("e"), "buffered", flush_seconds=3600)
+    run.client = counting = CountingClient(run.client)
+    with run:
+        for epoch in range(101):
+            run.log_metrics({f"m{i}": epoch + i / 100 for i in range(15)}, step=epoch)
+        assert counting.metric_batches == 0  # nothing written per call
+    assert counting.metric_batches == 2  # 1515 values flushed at close, in chunks of <= 1000
+    history = MlflowClient(store).get_metric_history(run.run_id, "m3")
+    assert [m.step for m in sorted(history, key=lambda m: m.step)] == list(range(101))
+    assert MlflowClient(store).get_run(run.run_id).info.status == "FINISHED"
+
+
+def test_flush_every_interval_keeps_the_run_live(store):
+    tracker = T.Tracker(store)
+    with tracker.start_run(tracker.experiment_id("e"), "live", flush_seconds=0) as run:
+        run.log_metrics({"val_acc": 0.5}, step=0)
+        assert MlflowClient(store).get_run(run.run_id).data.metrics == {"val_acc": 0.5}
+
+
+@pytest.mark.parametrize("error, reason", [(DivergenceError(4, float("nan")), "diverged"),
+                                           (ValueError("bad"), "ValueError"),
+                                           (KeyboardInterrupt(), "KeyboardInterrupt")])
+def test_a_run_left_by_an_exception_is_failed_with_a_reason_and_its_metrics(store, error, reason):
+    tracker = T.Tracker(store)
+    with pytest.raises(type(error)):
+        with tracker.start_run(tracker.experiment_id("e"), "broken", flush_seconds=3600) as run:
+            run.log_metrics({"train_loss": 2.3}, step=0)
+            raise error
+    stored = MlflowClient(store).get_run(run.run_id)
+    assert stored.info.status == "FAILED"
+    assert stored.data.tags["nnlab.failure"] == reason
+    assert stored.data.metrics["train_loss"] == 2.3  # flushed before it was marked failed
+    if reason == "diverged":
+        assert stored.data.tags["nnlab.failure_epoch"] == "4"
+
+
+def test_child_runs_point_at_their_parent(store):
+    tracker = T.Tracker(store)
+    experiment = tracker.experiment_id("e")
+    with tracker.start_run(experiment, "parent") as parent:
+        with tracker.start_run(experiment, "child", parent_id=parent.run_id) as child:
+            child.log_params({f"p{i}": i for i in range(150)})  # more than one log_batch's worth
+    assert [r.info.run_id for r in tracker.children(experiment, parent.run_id)] == [child.run_id]
+    assert len(MlflowClient(store).get_run(child.run_id).data.params) == 150
+
+
+def test_git_tags_never_fail_outside_a_repository(tmp_path):
+    assert T.git_tags(tmp_path) == {}
