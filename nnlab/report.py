@@ -34,7 +34,7 @@ CURVE_METRICS = ("train_loss", "val_loss")
 FIGURES = {
     "final_accuracy.png": "Final test accuracy per configuration, mean and 95% CI over seeds",
     "accuracy_heatmap.png": "Mean test accuracy as a heatmap",
-    "learning_curves.png": "Train (solid) and validation (dashed) loss per epoch, 95% CI band over seeds",
+    "learning_curves.png": "Train (solid) and validation (dashed) loss per epoch, mean and range over seeds",
     "grad_norm_by_layer.png": "Per-layer gradient norm at initialisation and after training (log scale)",
     "act_std_by_layer.png": "Per-layer activation std at initialisation and after training",
     "act_saturation_by_layer.png": "Per-layer saturated (tanh/sigmoid/softsign) or dead (ReLU-like) fraction",
@@ -69,13 +69,13 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
 
 def _check_history(history: pd.DataFrame, ok: pd.DataFrame, experiment: str) -> None:
     """Every finished run must have the per-epoch curves and per-layer gradient norms."""
-    for pattern in (*CURVE_METRICS, "grad_norm/layer_"):
-        has = set(history.loc[history["metric"].str.startswith(pattern), "run_id"])
+    for prefix, name in [(m, m) for m in CURVE_METRICS] + [("grad_norm/layer_", "grad_norm/layer_{i}")]:
+        has = set(history.loc[history["metric"].str.startswith(prefix), "run_id"])
         lacking = ok[~ok["run_id"].isin(has)]
         if len(lacking):
             names = ", ".join(lacking["run_name"].astype(str).head(5))
             raise AnalysisError(f"{len(lacking)} finished run(s) of experiment {experiment!r} have no per-epoch "
-                                f"metric {pattern.rstrip('_') + ('{i}' if pattern.endswith('_') else '')!r}: {names}")
+                                f"metric {name!r}: {names}")
 
 
 def draw(study: Study, out: Path, metric: str = "test_acc") -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy import stats as sps
 
@@ -28,8 +28,10 @@ def store(tmp_path_factory) -> tuple[str, dict[str, str]]:
     client.create_experiment("empty")
     exp = client.create_experiment("no_test_acc")
     run = client.create_run(exp, run_name="lonely")
-    client.log_batch(run.info.run_id, metrics=[Metric("train_loss", 1.0, 0, 0)])
+    client.log_batch(run.info.run_id, metrics=[Metric("train_loss", 1.0, 0, 0)], params=[Param("seed", "0")])
     client.set_terminated(run.info.run_id, "FINISHED")
+    aborted = client.create_run(exp, run_name="sweep-that-never-started")  # a parent without children or params
+    client.set_terminated(aborted.info.run_id, "FAILED")
     return uri, children
 
 
@@ -216,6 +218,7 @@ def test_runs_missing_a_metric(store):
     with pytest.raises(AnalysisError, match="1 finished run.*no metric 'test_acc': lonely"):
         load_runs("no_test_acc", store[0], require=["test_acc"])
     runs = load_runs("no_test_acc", store[0])  # without require: loads, NaN where absent
+    assert runs["run_name"].tolist() == ["lonely"]  # the param-less aborted sweep parent is not a training run
     assert np.isnan(runs["test_acc"].iloc[0])
     with pytest.raises(AnalysisError, match="no metric 'not_logged'"):
         check_metrics(runs, ["not_logged"])

@@ -25,8 +25,9 @@ def _palette(frame: pd.DataFrame, hue: str) -> dict:
     return dict(zip(names, sns.color_palette("colorblind", len(names))))
 
 
-def _grid(n_panels: int, n_rows: int = 1, width: float = 3.6, height: float = 3.0, sharey: bool = True):
-    n_cols = max(1, math.ceil(n_panels / n_rows))
+def _grid(n_panels: int, max_cols: int = 3, width: float = 3.6, height: float = 3.0, sharey: bool = True):
+    n_cols = max(1, min(n_panels, max_cols))
+    n_rows = math.ceil(n_panels / n_cols)
     fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False,
                              sharey=sharey)
     return fig, axes
@@ -63,8 +64,10 @@ def final_accuracy(runs: pd.DataFrame, design: Design, metric: str = "test_acc")
         ax.set_title(f"{design.col} = {panel}" if panel is not None else "")
         ax.set_xlabel(x)
         ax.axhline(0.1, color="grey", lw=0.8, ls=":")  # chance on 10 classes
+        ax.set_ylim(-0.05, 1.05)  # a t-interval over 3 seeds can reach past [0, 1]; accuracy cannot
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].set_ylabel(f"{metric} (mean, 95% CI over seeds)")
+    for ax in axes[:, 0]:
+        ax.set_ylabel(f"{metric} (mean, 95% CI)")
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     _legend(fig, axes, design.hue)
@@ -92,16 +95,19 @@ def accuracy_heatmap(runs: pd.DataFrame, design: Design, metric: str = "test_acc
     return fig
 
 
-def _band(ax, agg: pd.DataFrame, x: str, color, label: str, style: str = "-") -> None:
+def _band(ax, agg: pd.DataFrame, x: str, color, label: str, style: str = "-",
+          band: tuple[str, str] = ("ci_low", "ci_high")) -> None:
+    low, high = band
     ax.plot(agg[x], agg["mean"], style, color=color, label=label, lw=1.5)
-    ax.fill_between(agg[x], agg["ci_low"].fillna(agg["mean"]), agg["ci_high"].fillna(agg["mean"]), color=color,
+    ax.fill_between(agg[x], agg[low].fillna(agg["mean"]), agg[high].fillna(agg["mean"]), color=color,
                     alpha=0.2, lw=0)
 
 
 def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
                     metrics: tuple[str, str] = ("train_loss", "val_loss"), log_y: bool = True) -> Figure:
-    """Per-epoch ``metrics`` (solid = first, dashed = second), mean and 95% CI band over seeds;
-    rows = design.x, columns = design.col, one colour per hue."""
+    """Per-epoch ``metrics`` (solid = first, dashed = second): mean over seeds, band = the seeds' range
+    (min to max: always positive on a log axis, unlike a t-interval over 3 seeds); rows = design.x,
+    columns = design.col, one colour per hue."""
     frame = with_params(history[history["metric"].isin(metrics)], runs, design.by)
     agg = aggregate(frame, [*design.by, "metric", "step"], "value")
     row_levels = levels(agg, design.x) if design.x else [None]
@@ -122,7 +128,8 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
                 for metric, style in zip(metrics, ("-", "--")):
                     rows = part[(part[design.hue] == hue) & (part["metric"] == metric)]
                     if len(rows):
-                        _band(ax, rows, "step", colors[hue], str(hue) if style == "-" else "_nolegend_", style)
+                        _band(ax, rows, "step", colors[hue], str(hue) if style == "-" else "_nolegend_", style,
+                              band=("min", "max"))
             title = " · ".join(f"{k}={v}" for k, v in ((design.x, r), (design.col, c)) if v is not None)
             ax.set_title(title, fontsize=9)
             if log_y:
@@ -133,7 +140,8 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
     for ax in axes[:, 0]:
         ax.set_ylabel("loss")
     _legend(fig, axes, design.hue)
-    fig.suptitle(f"Learning curves: {metrics[0]} (solid), {metrics[1]} (dashed); band = 95% CI over seeds")
+    fig.suptitle(f"Learning curves: {metrics[0]} (solid), {metrics[1]} (dashed); mean over seeds, "
+                 "band = min to max")
     return fig
 
 

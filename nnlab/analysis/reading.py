@@ -71,29 +71,28 @@ def by_depth(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> li
 
 
 def gradient_flow(layers: pd.DataFrame, runs: pd.DataFrame, design: Design) -> list[str]:
-    """At initialisation (deepest nets): the gradient norm of layer 1 relative to the output layer's."""
+    """At initialisation (deepest nets): the gradient norm reaching layer 1, and its ratio to the output
+    layer's, for the configurations where it is smallest and largest."""
     frame = with_params(at_step(layers[layers["stat"] == "grad_norm"], "init"), runs, design.by)
     frame, suffix = deepest(frame, design)
     if frame.empty:
         return []
     first = frame[frame["layer"] == 1].set_index("run_id")["value"]
     last = frame.loc[frame.groupby("run_id")["layer"].idxmax()].set_index("run_id")["value"]
-    ratio = (first / last).rename("ratio").reset_index()
-    ratio = with_params(ratio, runs, design.by)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        per_run = pd.DataFrame({"first": first, "ratio": first / last}).reset_index()
+    per_run = with_params(per_run, runs, design.by)
     by = [c for c in design.by if c != "model.depth"]
-    agg = aggregate(ratio, by, "ratio").dropna(subset=["mean"])
+    agg = aggregate(per_run, by, "first").dropna(subset=["mean"])
     if agg.empty:
         return []
+    ratio = aggregate(per_run, by, "ratio")[[*by, "mean"]].rename(columns={"mean": "ratio"})
+    agg = agg.merge(ratio, on=by, how="left").sort_values("mean")
     agg["label"] = config_label(agg, by)
-    agg = agg.sort_values("mean")
-    fmt = lambda r: f"{r['label']} {r['mean']:.2g}"  # noqa: E731
-    if len(agg) <= 6:
-        return [f"At initialisation{suffix}, gradient norm of layer 1 / output layer (1 = gradients reach the "
-                f"input undiminished), smallest first: " + "; ".join(fmt(r) for _, r in agg.iterrows()) + "."]
-    smallest = "; ".join(fmt(r) for _, r in agg.head(3).iterrows())
-    largest = "; ".join(fmt(r) for _, r in agg.tail(3).iloc[::-1].iterrows())
-    return [f"At initialisation{suffix}, gradient norm of layer 1 / output layer (1 = gradients reach the input "
-            f"undiminished): smallest {smallest}; largest {largest}."]
+    fmt = lambda r: f"{r['label']} {r['mean']:.2g} (x{r['ratio']:.2g})"  # noqa: E731
+    picked = agg if len(agg) <= 6 else pd.concat([agg.head(3), agg.tail(3)])
+    return [f"At initialisation{suffix}, the gradient norm reaching layer 1 (in brackets: relative to the output "
+            f"layer's; x1 = no vanishing), smallest first: " + "; ".join(fmt(r) for _, r in picked.iterrows()) + "."]
 
 
 def saturation(layers: pd.DataFrame, runs: pd.DataFrame, design: Design) -> list[str]:

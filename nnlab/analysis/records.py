@@ -50,6 +50,17 @@ def resolve_uri(tracking_uri: str | None = None) -> str:
     return tracking_uri or mlflow.get_tracking_uri()
 
 
+def local_store_uri(tracking_uri: str | None = None) -> str:
+    """For notebooks, which run in ``notebooks/``: the argument, else ``MLFLOW_TRACKING_URI``, else
+    ``mlflow.db`` in the current folder or its parent (the repo root, where the studies write)."""
+    if tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"):
+        return resolve_uri(tracking_uri)
+    for folder in (Path.cwd(), Path.cwd().parent):
+        if (folder / "mlflow.db").is_file():
+            return f"sqlite:///{folder / 'mlflow.db'}"
+    return resolve_uri(None)
+
+
 @contextmanager
 def _fail_fast_http() -> Iterator[None]:
     """Probe a remote server without MLflow's minutes-long retry schedule (unless the user set one)."""
@@ -129,9 +140,10 @@ def search_all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
 
 
 def training_runs(runs: list[Run]) -> list[Run]:
-    """Drop sweep parents: a run is a parent when another run names it in ``mlflow.parentRunId``."""
+    """Drop sweep parents: runs another run names in ``mlflow.parentRunId``, and runs without any
+    param (a sweep parent whose jobs never started; every training run logs its config)."""
     parents = {r.data.tags.get(PARENT_TAG) for r in runs} - {None}
-    return [r for r in runs if r.info.run_id not in parents]
+    return [r for r in runs if r.info.run_id not in parents and r.data.params]
 
 
 def parse_param(text: object) -> object:

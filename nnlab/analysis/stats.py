@@ -11,10 +11,10 @@ from .records import EPOCH_METRICS, FINAL_METRICS, RUN_COLUMNS
 
 SEED_KEYS = ("seed",)
 # Params whose values say *how the run was recorded*, not what was trained: never a design axis.
-_NOT_DESIGN = ("tracking.uri", "tracking.experiment")
+_NOT_DESIGN = ("tracking.",)
 # Preferred order of design axes: the first varying one is the hue, then x, then facets.
 _AXIS_ORDER = ("init", "optimizer", "activation", "model.depth", "optimizer.lr", "model.width")
-AGG_COLUMNS = ("n", "n_missing", "mean", "std", "sem", "ci_low", "ci_high")
+AGG_COLUMNS = ("n", "n_missing", "mean", "std", "sem", "ci_low", "ci_high", "min", "max")
 
 
 def param_columns(runs: pd.DataFrame) -> list[str]:
@@ -28,7 +28,7 @@ def varying_params(runs: pd.DataFrame, exclude: Sequence[str] = SEED_KEYS) -> li
     A group choice (``init``) hides the leaves that merely follow it (``init.name``,
     ``init.distribution``): they vary only because the choice does.
     """
-    cols = [c for c in param_columns(runs) if c not in exclude and c not in _NOT_DESIGN]
+    cols = [c for c in param_columns(runs) if c not in exclude and not c.startswith(_NOT_DESIGN)]
     varying = [c for c in cols if runs[c].astype(str).nunique(dropna=False) > 1]
     groups = [c for c in varying if "." not in c]
     varying = [c for c in varying if "." not in c or not _follows_group(runs, c, groups)]
@@ -68,7 +68,8 @@ def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_boot: int = 20
 
 def summarize(values: Sequence[float], level: float = 0.95, method: str = "t", n_boot: int = 2000,
               seed: int = 0) -> dict[str, float]:
-    """n, n_missing, mean, std (ddof=1), sem and CI of ``values``; NaNs (failed runs) are counted apart."""
+    """n, n_missing, mean, std (ddof=1), sem, CI, min and max of ``values``; NaNs (failed runs) are
+    counted apart."""
     if method not in ("t", "bootstrap"):
         raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")
     arr = np.asarray(values, dtype=float)
@@ -80,13 +81,14 @@ def summarize(values: Sequence[float], level: float = 0.95, method: str = "t", n
     else:
         low, high = bootstrap_interval(finite, level, n_boot, seed)
     return {"n": n, "n_missing": len(arr) - n, "mean": float(np.mean(finite)) if n else np.nan, "std": std,
-            "sem": std / np.sqrt(n) if n >= 2 else np.nan, "ci_low": low, "ci_high": high}
+            "sem": std / np.sqrt(n) if n >= 2 else np.nan, "ci_low": low, "ci_high": high,
+            "min": float(np.min(finite)) if n else np.nan, "max": float(np.max(finite)) if n else np.nan}
 
 
 def aggregate(frame: pd.DataFrame, by: Sequence[str], value: str = "test_acc", *, level: float = 0.95,
               method: str = "t", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
     """One row per group of ``by`` (e.g. init, activation, depth: the seeds collapse) with
-    ``n, n_missing, mean, std, sem, ci_low, ci_high`` of column ``value``.
+    ``n, n_missing, mean, std, sem, ci_low, ci_high, min, max`` of column ``value``.
 
     ``method`` is ``"t"`` (Student-t interval) or ``"bootstrap"`` (percentile, ``n_boot`` resamples).
     Non-finite values (a failed run's missing test_acc) are left out of the statistics and counted

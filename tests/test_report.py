@@ -1,0 +1,85 @@
+"""python -m nnlab.report: figures + index.md from a synthetic sweep; bad input leaves nothing behind."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from nnlab.analysis.fake import log_fake_sweep
+from nnlab.report import FIGURES, main
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="module")
+def uri(tmp_path_factory) -> str:
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    client = MlflowClient(uri)
+    log_fake_sweep(client, "fake", depths=(1, 4), fail=[("random", "tanh", 4, 2)])
+    client.create_experiment("empty")
+    exp = client.create_experiment("no_curves")  # a finished run with curves but no per-layer record
+    run = client.create_run(exp, run_name="bare")
+    client.log_batch(run.info.run_id, metrics=[Metric(k, 0.9, 0, 0) for k in ("test_acc", "train_loss", "val_loss")])
+    client.log_param(run.info.run_id, "seed", "0")
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return uri
+
+
+def test_report_writes_figures_and_index(uri, tmp_path, capsys):
+    out = tmp_path / "reports" / "fake"
+    assert main(["--experiment", "fake", "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FIGURES, "index.md"])
+    for name in FIGURES:
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    index = (out / "index.md").read_text()
+    assert "| init | activation | model.depth | runs | failed | test_acc mean" in index
+    assert "24 runs: 8 configurations x 3 seeds; 1 failed (1 diverged)." in index
+    assert all(f"]({name})" in index for name in FIGURES)
+    assert "wrote" in capsys.readouterr().out
+    assert [p.name for p in out.parent.iterdir()] == ["fake"]  # no temporary folder left next to it
+
+
+def test_report_replaces_an_existing_report(uri, tmp_path):
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "stale.png").write_bytes(b"old")
+    assert main(["--experiment", "fake", "--tracking-uri", uri, "--out", str(out)]) == 0
+    assert not (out / "stale.png").exists() and (out / "index.md").exists()
+
+
+@pytest.mark.parametrize("experiment, message", [
+    ("nope", "no experiment named 'nope'.*existing experiments: .*empty, fake"),
+    ("empty", "'empty' has no runs"),
+    ("no_curves", r"1 finished run.*no per-epoch metric 'grad_norm/layer_\{i\}': bare"),
+])
+def test_bad_experiment_one_message_nothing_written(uri, tmp_path, capsys, experiment, message):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.md").write_text("previous report")
+    assert main(["--experiment", experiment, "--tracking-uri", uri, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("nnlab-report: error: ")
+    assert re.search(message, err), err
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and [p.name for p in out.iterdir()] == ["keep.md"]
+
+
+def test_unreachable_store(tmp_path, capsys):
+    missing = tmp_path / "none" / "mlflow.db"
+    assert main(["--experiment", "x", "--tracking-uri", f"sqlite:///{missing}", "--out", str(tmp_path / "o")]) == 2
+    assert "no MLflow database at" in capsys.readouterr().err
+    assert main(["--experiment", "x", "--tracking-uri", "http://127.0.0.1:9", "--out", str(tmp_path / "o")]) == 2
+    assert "cannot reach the MLflow tracking store 'http://127.0.0.1:9'" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cli_module_exit_code(uri, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "nnlab.report", "--experiment", "nope", "--tracking-uri", uri,
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("nnlab-report: error: no experiment named 'nope'")
+    assert not (tmp_path / "o").exists()
