@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
@@ -293,15 +293,17 @@ def group_choices(cfg: DictConfig, hydra_choices: dict[str, Any] | None = None) 
 
 
 _NAMED_IN_RUN_NAME = {"activation", "init", "model.depth", "seed"}
-_NEVER_IN_RUN_NAME = ("tracking.", "hydra.", "trainer.epochs")  # prefixes; `+experiment=` is the study itself
+_NEVER_IN_RUN_NAME = ("tracking.", "hydra.")
 
 
-def run_name(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = ()) -> str:
-    """A name readable at a glance: ``relu-he-d4-s0``, plus the other overridden values (``-lr0.1``)."""
+def run_name(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), varying: Iterable[str] = ()) -> str:
+    """A name readable at a glance: ``relu-he-d4-s0``, plus the values of the other keys a sweep
+    varies (``varying``), so that no two jobs of a sweep share a name: ``relu-he-d4-s0-sgd-lr0.1``."""
     parts = [str(cfg.activation.name), str(cfg.init.name), f"d{cfg.model.depth}", f"s{cfg.seed}"]
+    varying = set(varying)
     for override in overrides:
         key, _, value = override.lstrip("~+").partition("=")
-        if key in _NAMED_IN_RUN_NAME or key == "experiment" or key.startswith(_NEVER_IN_RUN_NAME) or not value:
+        if key not in varying or key in _NAMED_IN_RUN_NAME or key.startswith(_NEVER_IN_RUN_NAME) or not value:
             continue
         is_group = key in GROUPS or "/" in key  # a choice reads as itself: `sgd`, `classic`
         parts.append(value if is_group else f"{key.rsplit('.', 1)[-1]}{value}")
@@ -328,8 +330,19 @@ def _apply_leaf(cfg: DictConfig, override: Any) -> None:
         raise ConfigError(key, value, str(err).splitlines()[0]) from None
 
 
-def sweep_jobs(config: DictConfig) -> list[DictConfig] | None:
-    """Every job config of a multirun (basic sweeper), validated; ``None`` for other sweepers.
+def varying_keys(jobs: list[list[str]]) -> list[str]:
+    """The override keys whose value differs between the jobs of a sweep (its axes)."""
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for override in job:
+            key, _, value = override.lstrip("~+").partition("=")
+            values.setdefault(key, set()).add(value)
+    return sorted(key for key, seen in values.items() if len(seen) > 1)
+
+
+def sweep_jobs(config: DictConfig) -> tuple[list[list[str]], list[DictConfig]] | None:
+    """Every job of a multirun (basic sweeper): its overrides and its validated config; ``None``
+    for other sweepers.
 
     Group choices are composed once per distinct combination (Hydra composition costs ~50 ms),
     value overrides are applied on a copy, so checking a 100-job grid costs well under a second.
@@ -362,4 +375,4 @@ def sweep_jobs(config: DictConfig) -> list[DictConfig] | None:
         values = {OmegaConf.select(c, key) for c in configs}
         if len(values) > 1:
             raise ConfigError(key, ",".join(map(_show, values)), "cannot vary within one sweep")
-    return configs
+    return jobs, configs

@@ -120,7 +120,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model, optimizer, train_config = build(cfg, data)
     tracker = Tracker(cfg.tracking.uri)
     experiment_id = tracker.experiment_id(cfg.tracking.experiment)
-    name = C.run_name(cfg, context.get("overrides", ()))
+    name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
     with tracker.start_run(experiment_id, name, _run_tags(cfg, context), context.get("parent_id"),
                            cfg.tracking.flush_seconds) as run:
         run.log_params({**C.group_choices(cfg, context.get("choices")), **C.flat_params(cfg)})
@@ -179,7 +179,7 @@ def _one_line(err: BaseException, cfg: DictConfig, context: dict) -> str:
         return f"nnlab: {err} -- no run was created"
     first = (str(err).splitlines() or [""])[0]
     kind = "diverged" if isinstance(err, DivergenceError) else type(err).__name__
-    name = C.run_name(cfg, context.get("overrides", ()))
+    name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
     return f"nnlab: run {name} failed ({kind}): {first}"
 
 

@@ -33,6 +33,7 @@ PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "nnlab.failure"
 # how a sweep's launching process tells its jobs (in-process or joblib workers) where they belong
 ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE = "NNLAB_PARENT_RUN_ID", "NNLAB_SWEEP_ID", "NNLAB_SWEEP_SIZE"
+ENV_SWEEP_KEYS = "NNLAB_SWEEP_KEYS"  # the keys the sweep varies (they go into the run names)
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100  # MLflow's per-log_batch limits
 
 
@@ -268,17 +269,18 @@ class SweepCallback(Callback):
         # Hydra turns a callback's exceptions into warnings and carries on: so exit here explicitly
         from hydra.errors import HydraException
 
-        from nnlab.config import ConfigError, sweep_jobs, validate
+        from nnlab.config import ConfigError, sweep_jobs, validate, varying_keys
 
         try:
-            jobs = sweep_jobs(config)  # every job's config; None for sweepers other than the basic one
-            if jobs is None:
+            plan = sweep_jobs(config)  # every job's config; None for sweepers other than the basic one
+            if plan is None:
                 validate(config)  # at least the keys no sweep changes (each job validates itself too)
         except ConfigError as err:
             sys.stderr.write(f"nnlab: {err} -- no run was created\n")
             sys.exit(2)
         except HydraException:
             return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
+        jobs, axes = (plan[0], varying_keys(plan[0])) if plan is not None else (None, [])
         self.n_jobs = len(jobs) if jobs is not None else None
         try:
             self.tracker = Tracker(config.tracking.uri)
@@ -292,7 +294,7 @@ class SweepCallback(Callback):
         tags = {"sweep_id": sweep_id, "overrides": " ".join(config.hydra.overrides.task),
                 "nnlab.sweep_dir": str(self.sweep_dir), "nnlab.jobs": len(jobs) if jobs is not None else "?"}
         self.parent = self.tracker.start_run(self.experiment_id, f"sweep-{sweep_id}", tags)
-        os.environ.update({ENV_PARENT: self.parent.run_id, ENV_SWEEP_ID: sweep_id,
+        os.environ.update({ENV_PARENT: self.parent.run_id, ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes),
                            ENV_SWEEP_SIZE: str(len(jobs)) if jobs is not None else "?"})
         atexit.register(self.close, aborted=True)
 
@@ -305,7 +307,7 @@ class SweepCallback(Callback):
         """Close the parent once; print the sweep's summary and the UI hint. Returns #failed jobs."""
         if self.parent is None or self.parent.status != "RUNNING":
             return 0
-        for key in (ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE):
+        for key in (ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE, ENV_SWEEP_KEYS):
             os.environ.pop(key, None)
         children = self.tracker.children(self.experiment_id, self.parent.run_id)
         for run in children:
@@ -366,4 +368,5 @@ def job_context() -> dict[str, Any]:
         "parent_id": os.environ.get(ENV_PARENT) if multirun else None,
         "sweep_id": os.environ.get(ENV_SWEEP_ID) if multirun else None,
         "sweep_size": os.environ.get(ENV_SWEEP_SIZE, "?") if multirun else "1",
+        "varying": [k for k in os.environ.get(ENV_SWEEP_KEYS, "").split(",") if k] if multirun else [],
     }

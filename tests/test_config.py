@@ -105,8 +105,14 @@ def test_params_hold_every_leaf_but_the_uri(hydra_conf):
 def test_run_names_read_at_a_glance(hydra_conf):
     cfg = hydra_conf("model.depth=4", "activation=tanh", "init=xavier", "seed=3")
     assert C.run_name(cfg) == "tanh-xavier-d4-s3"
-    overrides = ["model.depth=4", "optimizer=sgd", "optimizer.lr=0.1", "+experiment=smoke", "tracking.uri=x"]
-    assert C.run_name(cfg, overrides) == "tanh-xavier-d4-s3-sgd-lr0.1"
+    overrides = ["model.depth=4", "optimizer=sgd", "optimizer.lr=0.1", "+experiment=smoke", "model.width=8"]
+    assert C.run_name(cfg, overrides) == "tanh-xavier-d4-s3"  # a single run: the overrides are in a tag
+    varying = C.varying_keys([["optimizer=sgd", "optimizer.lr=0.1", "model.depth=4", "model.width=8"],
+                              ["optimizer=adam", "optimizer.lr=0.2", "model.depth=2", "model.width=8"]])
+    assert varying == ["model.depth", "optimizer", "optimizer.lr"]
+    assert C.run_name(cfg, overrides, varying) == "tanh-xavier-d4-s3-sgd-lr0.1"
+    baseline = ["experiment/baseline@_global_=classic", "seed=3"]
+    assert C.run_name(cfg, baseline, ["experiment/baseline@_global_", "seed"]) == "tanh-xavier-d4-s3-classic"
 
 
 def test_experiment_folder_is_the_experiment_group():

@@ -1,0 +1,132 @@
+"""The CLI: ``python -m nnlab.run [-m] ...`` in a subprocess, its exit status and what lands in MLflow."""
+import os
+import subprocess
+import sys
+
+import pytest
+from mlflow import MlflowClient
+from mlflow.entities import ViewType
+
+FAST = ["trainer.epochs=1", "model.width=8", "trainer.probe_size=64"]
+
+
+def nnlab_run(tmp_path, *args, timeout=300):
+    """Run the CLI with cwd=tmp_path, so the default ./mlflow.db and ./multirun land there."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["HYDRA_FULL_ERROR"] = "0"
+    return subprocess.run([sys.executable, "-m", "nnlab.run", *args], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def all_runs(tmp_path):
+    if not (tmp_path / "mlflow.db").exists():
+        return []
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    ids = [e.experiment_id for e in client.search_experiments(view_type=ViewType.ALL)]
+    return client.search_runs(ids, run_view_type=ViewType.ALL)
+
+
+def split(runs):
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return parents, children
+
+
+def check_sweep(tmp_path, result, n_children, n_failed=0):
+    parents, children = split(all_runs(tmp_path))
+    assert len(parents) == 1 and len(children) == n_children, result.stderr
+    (parent,) = parents
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert all(c.data.tags["sweep_id"] == parent.data.tags["sweep_id"] for c in children)
+    statuses = sorted(c.info.status for c in children)
+    assert statuses == sorted(["FAILED"] * n_failed + ["FINISHED"] * (n_children - n_failed))
+    assert parent.info.status == ("FAILED" if n_failed else "FINISHED")  # closed either way
+    assert parent.data.tags["nnlab.jobs_failed"] == str(n_failed)
+    assert "runs?workflowType=machine_learning" in result.stderr
+    assert result.returncode == (1 if n_failed else 0), result.stderr
+    return parent, children
+
+
+@pytest.mark.slow
+def test_grid_gives_one_parent_and_a_child_per_job(tmp_path):
+    result = nnlab_run(tmp_path, "-m", "activation=relu,tanh", "init=he,xavier", *FAST)
+    _, children = check_sweep(tmp_path, result, 4)
+    assert {c.info.run_name for c in children} == {"relu-he-d2-s0", "relu-xavier-d2-s0",
+                                                   "tanh-he-d2-s0", "tanh-xavier-d2-s0"}
+    assert all(c.data.params["trainer.epochs"] == "1" for c in children)
+    for line in ("[1/4] relu-he-d2-s0", "[4/4] tanh-xavier-d2-s0"):
+        assert line in result.stdout
+    artifacts = {a.path for a in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(
+        children[0].info.run_id, ".hydra")}
+    assert artifacts == {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"}
+
+
+@pytest.mark.slow
+def test_a_diverging_job_fails_alone_and_the_sweep_reports_it(tmp_path):
+    result = nnlab_run(tmp_path, "-m", "optimizer=sgd", "optimizer.lr=1e6,0.05", "seed=0,1", *FAST)
+    _, children = check_sweep(tmp_path, result, 4, n_failed=2)
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert all(c.data.params["optimizer.lr"] == "1000000.0" for c in failed)
+    assert all(c.data.tags["nnlab.failure"] == "diverged" for c in failed)
+    assert "FAILED relu-he-d2-s0-lr1000000.0: diverged at epoch 1" in result.stderr
+    assert "sweep done: 2 finished, 2 failed" in result.stderr
+
+
+@pytest.mark.slow
+def test_joblib_two_workers_share_one_sqlite_file(tmp_path):
+    result = nnlab_run(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                       "activation=relu,tanh", "optimizer=sgd", "optimizer.lr=0.05,1e6", *FAST)
+    _, children = check_sweep(tmp_path, result, 4, n_failed=2)
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    for child in children:  # no metric lost: every record name at every step
+        if child.info.status == "FINISHED":
+            assert len(client.get_metric_history(child.info.run_id, "grad_norm/layer_3")) == 2
+
+
+def test_single_run_from_the_command_line(tmp_path):
+    result = nnlab_run(tmp_path, *FAST)
+    assert result.returncode == 0, result.stderr
+    (run,) = all_runs(tmp_path)
+    assert run.info.status == "FINISHED" and "mlflow.parentRunId" not in run.data.tags
+    assert run.data.tags["overrides"] == " ".join(FAST)
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in result.stderr
+
+
+BAD = [  # (override, text that must be on one line of stderr)
+    ("model.depth=-1", "model.depth=-1"),
+    ("optimizer.lr=0", "optimizer.lr=0.0"),
+    ("trainer.epochs=abc", "trainer.epochs=abc"),
+    ("model.width=[8]", "model.width=[8]"),
+    ("activation=foo", "activation/foo"),
+]
+
+
+def check_refused(tmp_path, result, needle):
+    assert result.returncode != 0
+    assert any(needle in line for line in result.stderr.splitlines()), result.stderr
+    assert "Traceback" not in result.stderr
+    assert all_runs(tmp_path) == []  # no run at all: neither a child nor a parent
+    if needle == "activation/foo":  # Hydra's own message, listing the options
+        assert "Available options in 'activation'" in result.stderr and "leaky_relu" in result.stderr
+
+
+@pytest.mark.parametrize("override, needle", BAD)
+def test_bad_input_single_run(tmp_path, override, needle):
+    check_refused(tmp_path, nnlab_run(tmp_path, *FAST, override), needle)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("override, needle", BAD + [("model.depth=1,-1", "model.depth=-1"),
+                                                    ("trainer.epochs=1,abc", "trainer.epochs=abc"),
+                                                    ("activation=relu,foo", "activation/foo")])
+def test_bad_input_joblib_sweep(tmp_path, override, needle):
+    args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", *FAST, override]
+    check_refused(tmp_path, nnlab_run(tmp_path, *args), needle)
+
+
+def test_help_and_cfg_job(tmp_path):
+    help_text = nnlab_run(tmp_path, "--help")
+    assert help_text.returncode == 0 and "activation: elu, gelu, identity" in help_text.stdout
+    job = nnlab_run(tmp_path, "--cfg", "job", "model.depth=4")
+    assert job.returncode == 0 and "depth: 4" in job.stdout
+    assert all_runs(tmp_path) == []
