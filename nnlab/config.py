@@ -54,6 +54,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
+    blas_threads: Optional[int] = 1  # BLAS threads while training; null = the library's default
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
@@ -166,7 +167,7 @@ _POSITIVE = (lambda v: _is_number(v) and v > 0), "must be a finite number > 0"
 _NON_NEGATIVE = (lambda v: _is_number(v) and v >= 0), "must be a finite number >= 0"
 _FRACTION_OPEN = (lambda v: _is_number(v) and 0 < v < 1), "must be a fraction in (0, 1)"
 _FRACTION_HALF_OPEN = (lambda v: _is_number(v) and 0 <= v < 1), "must be in [0, 1)"
-_OPTIONAL_PATIENCE = (lambda v: v is None or (_is_int(v) and v >= 1)), "must be null or an integer >= 1"
+_OPTIONAL_POSITIVE_INT = (lambda v: v is None or (_is_int(v) and v >= 1)), "must be null or an integer >= 1"
 _NON_EMPTY = (lambda v: isinstance(v, str) and v.strip() != ""), "must be a non-empty string"
 
 # key -> (predicate, requirement); keys absent from the chosen group options are skipped
@@ -176,8 +177,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.batch_size": _int_at_least(1),
     "trainer.probe_size": _int_at_least(1),
     "trainer.weight_decay": _NON_NEGATIVE,
-    "trainer.patience": _OPTIONAL_PATIENCE,
+    "trainer.patience": _OPTIONAL_POSITIVE_INT,
     "seed": _int_at_least(0),
+    "blas_threads": _OPTIONAL_POSITIVE_INT,
     "tracking.experiment": _NON_EMPTY,
     "tracking.flush_seconds": _NON_NEGATIVE,
     "init.std": _POSITIVE,
@@ -204,17 +206,18 @@ def _registries() -> dict[str, tuple[str, Any]]:
             "init.distribution": ("normal", "uniform")}
 
 
-def _select(cfg: DictConfig, key: str) -> tuple[bool, Any]:
-    sentinel = object()
-    value = OmegaConf.select(cfg, key, default=sentinel)
-    return value is not sentinel, value
+def _lookup(tree: dict, key: str) -> tuple[bool, Any]:
+    node: Any = tree
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
 
 
-def _check_width(cfg: DictConfig) -> None:
-    depth, width = cfg.model.depth, cfg.model.width
-    if isinstance(width, ListConfig):
-        widths = list(width)
-        if len(widths) != depth or not all(_is_int(w) and w >= 1 for w in widths):
+def _check_width(depth: Any, width: Any) -> None:
+    if isinstance(width, list):
+        if len(width) != depth or not all(_is_int(w) and w >= 1 for w in width):
             raise ConfigError("model.width", width, f"a list must hold model.depth={depth} integers >= 1")
     elif not (_is_int(width) and width >= 1):
         raise ConfigError("model.width", width, "must be an integer >= 1 or a list of model.depth integers")
@@ -222,21 +225,23 @@ def _check_width(cfg: DictConfig) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Raise :class:`ConfigError` (one line: key, value, what is allowed) on the first bad value."""
+    tree = OmegaConf.to_container(cfg, resolve=True)  # plain dicts: checking is then a few microseconds
     for group in GROUPS:
-        if not isinstance(OmegaConf.select(cfg, group), DictConfig):
-            raise ConfigError(group, OmegaConf.select(cfg, group), f"choose a {group} option (conf/{group}/)")
+        if not isinstance(tree.get(group), dict):
+            raise ConfigError(group, tree.get(group), f"choose a {group} option (conf/{group}/)")
     for key, (ok, requirement) in _RULES.items():
-        present, value = _select(cfg, key)
+        present, value = _lookup(tree, key)
         if present and not ok(value):
             raise ConfigError(key, value, requirement)
     for key, valid in _registries().items():
-        present, value = _select(cfg, key)
+        present, value = _lookup(tree, key)
         if present and value not in valid:
             raise ConfigError(key, value, f"valid choices: {', '.join(sorted(valid))}")
-    _check_width(cfg)
-    if cfg.dataset.name == "digits" and cfg.dataset.val_size + cfg.dataset.test_size >= 1:
-        raise ConfigError("dataset.val_size", cfg.dataset.val_size,
-                          f"val_size + test_size must be < 1, test_size={cfg.dataset.test_size}")
+    _check_width(tree["model"]["depth"], tree["model"]["width"])
+    data = tree["dataset"]
+    if "test_size" in data and data["val_size"] + data["test_size"] >= 1:
+        raise ConfigError("dataset.val_size", data["val_size"],
+                          f"val_size + test_size must be < 1, test_size={data['test_size']}")
 
 
 # --- cfg -> arguments of nnlab.core / nnlab.data -------------------------------------------------

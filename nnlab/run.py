@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import shutil
 import signal
 import sys
 import tempfile
@@ -53,6 +54,23 @@ def build(cfg: DictConfig, data) -> tuple[Any, Any, Any]:
     return model, optimizer, TrainConfig(**C.trainer_kwargs(cfg))
 
 
+@contextlib.contextmanager
+def blas_threads(limit: int | None) -> Iterator[None]:
+    """Limit BLAS (OpenBLAS/MKL) to ``limit`` threads inside the block; None = leave it alone."""
+    if limit is None:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=limit, user_api="blas"):
+        yield
+
+
+def _blas_limit(cfg: DictConfig, context: dict) -> int | None:
+    # parallel workers: one BLAS thread each, so two workers on two cores do not fight
+    return 1 if "joblib" in context.get("launcher", "") else cfg.blas_threads
+
+
 # --- progress -----------------------------------------------------------------------------------
 @contextlib.contextmanager
 def progress(name: str, epochs: int, bar: bool) -> Iterator[Callable[[int, dict], None]]:
@@ -91,18 +109,16 @@ def _run_tags(cfg: DictConfig, context: dict) -> dict[str, str]:
 
 
 def _log_artifacts(run: RunLogger, cfg: DictConfig, model, context: dict) -> None:
-    """config.yaml (resolved), Hydra's .hydra/ folder, weights.npz (np.savez: no pickle)."""
+    """config.yaml (resolved), Hydra's .hydra/ folder, weights.npz (np.savez: no pickle), in one call."""
     with tempfile.TemporaryDirectory(prefix="nnlab-") as tmp:
-        resolved = Path(tmp) / "config.yaml"
-        resolved.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        run.log_artifact(resolved)
+        folder = Path(tmp)
+        (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if cfg.tracking.log_weights:
-            weights = Path(tmp) / "weights.npz"
-            np.savez(weights, **{f"{kind}{i + 1}": p for i, layer in enumerate(model.layers)
-                                 for kind, p in zip(("W", "b"), layer.parameters())})
-            run.log_artifact(weights)
-    if context.get("hydra_dir") is not None:
-        run.log_artifact(context["hydra_dir"], ".hydra")
+            np.savez(folder / "weights.npz", **{f"{kind}{i + 1}": p for i, layer in enumerate(model.layers)
+                                                for kind, p in zip(("W", "b"), layer.parameters())})
+        if context.get("hydra_dir") is not None and Path(context["hydra_dir"]).is_dir():
+            shutil.copytree(context["hydra_dir"], folder / ".hydra")
+        run.log_artifact(folder)
 
 
 # --- the task function --------------------------------------------------------------------------
@@ -124,7 +140,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with tracker.start_run(experiment_id, name, _run_tags(cfg, context), context.get("parent_id"),
                            cfg.tracking.flush_seconds) as run:
         run.log_params({**C.group_choices(cfg, context.get("choices")), **C.flat_params(cfg)})
-        with progress(name, train_config.epochs, _show_bar(context)) as show:
+        with progress(name, train_config.epochs, _show_bar(context)) as show, blas_threads(_blas_limit(cfg, context)):
             def record(epoch: int, metrics: dict[str, float]) -> None:
                 run.log_metrics(metrics, step=epoch)
                 show(epoch, metrics)
@@ -143,18 +159,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 
 # --- the CLI ------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _blas_threads(context: dict) -> Iterator[None]:
-    """One BLAS thread per joblib worker, so two workers on two cores do not fight."""
-    if "joblib" not in context.get("launcher", ""):
-        yield
-        return
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1):
-        yield
-
-
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM (a killed job, a stopped worker) unwinds like Ctrl-C, so the run gets closed."""
@@ -188,7 +192,7 @@ def main(cfg: DictConfig) -> float | None:
     """Hydra's task function: one job. Returns test_acc (what a tuning sweeper would maximise)."""
     context = job_context()
     try:
-        with _sigterm_as_interrupt(), _blas_threads(context):
+        with _sigterm_as_interrupt():
             return train(cfg)["test_acc"]
     except Exception as err:  # the run (if any) is already closed as FAILED
         print(_one_line(err, cfg, context), file=sys.stderr, flush=True)

@@ -109,41 +109,44 @@ def _chunks(items: list, size: int) -> Iterable[list]:
 
 # --- one run ------------------------------------------------------------------------------------
 class RunLogger:
-    """One MLflow run: params, buffered metrics, artifacts; a context manager that always closes it."""
+    """One MLflow run: buffered params, tags and metrics, artifacts; a context manager that always
+    closes it. Everything buffered goes out in one ``log_batch`` per ``flush_seconds`` (and at close)."""
 
     def __init__(self, client: Any, run_id: str, flush_seconds: float = 1.0):
         self.client, self.run_id, self.flush_seconds = client, run_id, flush_seconds
-        self._buffer: list = []
+        self._metrics: list = []
+        self._params: list = []
+        self._tags: list = []
         self._last_flush = time.monotonic()
         self.status: str = "RUNNING"
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         from mlflow.entities import Param
 
-        items = [Param(k, str(v)) for k, v in params.items()]
-        for chunk in _chunks(items, _MAX_PARAMS):
-            self.client.log_batch(self.run_id, params=chunk)
+        self._params.extend(Param(k, str(v)) for k, v in params.items())
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         from mlflow.entities import RunTag
 
-        items = [RunTag(k, str(v)) for k, v in tags.items()]
-        for chunk in _chunks(items, _MAX_TAGS):
-            self.client.log_batch(self.run_id, tags=chunk)
+        self._tags.extend(RunTag(k, str(v)) for k, v in tags.items())
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Buffer one step's metrics; send the buffer when ``flush_seconds`` have passed."""
+        """Buffer one step's metrics; send the buffers when ``flush_seconds`` have passed."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self._buffer.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
+        self._metrics.extend(Metric(k, float(v), now, step) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def flush(self) -> None:
-        buffer, self._buffer = self._buffer, []
-        for chunk in _chunks(buffer, _MAX_METRICS):
-            self.client.log_batch(self.run_id, metrics=chunk)
+        """Send everything buffered, in as few ``log_batch`` calls as MLflow's limits allow."""
+        metrics, params, tags = self._metrics, self._params, self._tags
+        self._metrics, self._params, self._tags = [], [], []
+        while metrics or params or tags:
+            self.client.log_batch(self.run_id, metrics=metrics[:_MAX_METRICS], params=params[:_MAX_PARAMS],
+                                  tags=tags[:_MAX_TAGS])
+            metrics, params, tags = metrics[_MAX_METRICS:], params[_MAX_PARAMS:], tags[_MAX_TAGS:]
         self._last_flush = time.monotonic()
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
@@ -159,9 +162,9 @@ class RunLogger:
             return
         self.status = "FAILED" if error is not None else "FINISHED"
         try:
-            self.flush()
             if error is not None:
                 self.set_tags(failure_tags(error))
+            self.flush()
         finally:
             self.client.set_terminated(self.run_id, status=self.status)
 
@@ -173,14 +176,23 @@ class RunLogger:
         return False
 
 
+@functools.lru_cache(maxsize=8)
+def _client(uri: str) -> Any:
+    # one client per store and process: creating one costs ~50 ms (store set-up, schema check),
+    # which an in-process sweep would otherwise pay for every job
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
 class Tracker:
     """An MLflow store (by URI) and the experiments and runs nnlab creates in it."""
 
-    def __init__(self, uri: str | None = None):
-        from mlflow import MlflowClient
+    _experiments: dict[tuple[str, str], str] = {}  # (uri, name) -> id, known to exist in this process
 
+    def __init__(self, uri: str | None = None):
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
+        self.client = _client(self.uri)
 
     def _artifact_location(self, experiment: str) -> str | None:
         # next to the sqlite file (not in whatever directory the process runs from)
@@ -191,6 +203,12 @@ class Tracker:
 
     def experiment_id(self, name: str) -> str:
         """Get or create the experiment (tagged as model training); creating the store on first use."""
+        key = (self.uri, name)
+        if key not in self._experiments:
+            self._experiments[key] = self._get_or_create_experiment(name)
+        return self._experiments[key]
+
+    def _get_or_create_experiment(self, name: str) -> str:
         from mlflow.exceptions import MlflowException
 
         experiment = self.client.get_experiment_by_name(name)

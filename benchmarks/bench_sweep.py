@@ -1,0 +1,87 @@
+"""What a sweep costs beyond its training: Hydra + MLflow per job, and the joblib launcher's speed-up.
+
+    .venv/bin/python benchmarks/bench_sweep.py [--epochs 20] [--workers 2]
+
+Runs the same 24-job grid (2 inits x 3 activations x 4 depths) twice from the command line, in a
+fresh temporary directory each (own ./mlflow.db): sequentially (Hydra's basic launcher,
+in-process) and with ``hydra/launcher=joblib`` on ``--workers`` processes. The core's own
+training time of every job is read back from MLflow (``train_seconds``), so
+
+    per-job overhead = (sweep phase - sum of train_seconds) / jobs
+
+where the sweep phase runs from the parent run's creation to its end (Hydra composing each job,
+nnlab building data and network, test evaluation, every MLflow write and artifact). Process start
+and imports (once per sweep) are shown separately. Targets: per-job overhead <= 0.15 s;
+joblib on 2 workers >= 1.7x the sequential speed (wall clock, everything included).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+GRID = ["init=he,xavier", "activation=relu,tanh,sigmoid", "model.depth=1,2,4,8"]
+
+
+def run_sweep(workdir: Path, epochs: int, launcher: list[str]) -> float:
+    """Run the grid from the command line in ``workdir``; return its wall-clock seconds."""
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    cmd = [sys.executable, "-m", "nnlab.run", "-m", *GRID, f"trainer.epochs={epochs}",
+           "tracking.experiment=bench_sweep", *launcher]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"sweep failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
+    return wall
+
+
+def read_back(workdir: Path) -> dict[str, float]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("bench_sweep")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert all(r.info.status == "FINISHED" for r in children), "a job failed"
+    return {"jobs": len(children),
+            "phase": (parent.info.end_time - parent.info.start_time) / 1000,
+            "train": sum(r.data.metrics["train_seconds"] for r in children),
+            "test_acc": sum(r.data.metrics["test_acc"] for r in children) / len(children)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    launchers = {"sequential (basic)": [],
+                 f"joblib, {args.workers} workers": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.workers}"]}
+    rows = {}
+    for name, launcher in launchers.items():
+        with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
+            wall = run_sweep(Path(tmp), args.epochs, launcher)
+            rows[name] = {"wall": wall, **read_back(Path(tmp))}
+    seq = rows["sequential (basic)"]
+    print(f"24-job grid ({' '.join(GRID)}), {args.epochs} epochs, {os.cpu_count()} CPUs")
+    print(f"{'launcher':<22} {'wall s':>7} {'sweep phase s':>13} {'sum train s':>11} "
+          f"{'overhead/job s':>14} {'start-up s':>10} {'speed-up':>8} {'mean test_acc':>13}")
+    for name, r in rows.items():
+        per_job = (r["phase"] - r["train"]) / r["jobs"]
+        per_job_text = f"{per_job:14.3f}" if name == "sequential (basic)" else f"{'(parallel)':>14}"
+        print(f"{name:<22} {r['wall']:7.1f} {r['phase']:13.1f} {r['train']:11.1f} {per_job_text} "
+              f"{r['wall'] - r['phase']:10.1f} {seq['wall'] / r['wall']:7.2f}x {r['test_acc']:13.4f}")
+    per_job = (seq["phase"] - seq["train"]) / seq["jobs"]
+    print(f"\nsequential per-job overhead (Hydra + nnlab + MLflow): {per_job:.3f} s  (target <= 0.15 s)")
+    print(f"  including process start and imports, spread over the jobs: {(seq['wall'] - seq['train']) / seq['jobs']:.3f} s")
+    name = f"joblib, {args.workers} workers"
+    print(f"joblib speed-up: {seq['wall'] / rows[name]['wall']:.2f}x the sequential wall clock (target >= 1.7x)")
+
+
+if __name__ == "__main__":
+    main()
