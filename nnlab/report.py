@@ -23,8 +23,7 @@ matplotlib.use("Agg")  # headless: before pyplot is imported anywhere below
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nnlab.analysis import (AnalysisError, connect, layer_frame, load_history, load_runs,  # noqa: E402
-                            resolve_uri)
+from nnlab.analysis import AnalysisError, connect, layer_frame, load_history, load_runs  # noqa: E402
 from nnlab.analysis import plots  # noqa: E402
 from nnlab.analysis.design import Design, infer_design  # noqa: E402
 from nnlab.analysis.reading import reading  # noqa: E402
@@ -36,7 +35,7 @@ FIGURES = {
     "accuracy_heatmap.png": "Mean test accuracy as a heatmap",
     "learning_curves.png": "Train (solid) and validation (dashed) loss per epoch, mean and range over seeds",
     "grad_norm_by_layer.png": "Per-layer gradient norm at initialisation and after training (log scale)",
-    "act_std_by_layer.png": "Per-layer activation std at initialisation and after training",
+    "act_std_by_layer.png": "Per-layer activation std at initialisation and after training (log scale)",
     "act_saturation_by_layer.png": "Per-layer saturated (tanh/sigmoid/softsign) or dead (ReLU-like) fraction",
 }
 
@@ -46,7 +45,7 @@ class Study:
     """Everything a report draws from: runs, per-epoch history, per-layer rows and the design."""
 
     experiment: str
-    uri: str
+    uri: str  # as the user named it (the default store shows as sqlite:///mlflow.db, not an absolute path)
     runs: pd.DataFrame
     history: pd.DataFrame
     layers: pd.DataFrame
@@ -64,7 +63,8 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
                            metrics=[*CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*", "act_saturation/layer_*"])
     _check_history(history, ok, experiment)
     runs, design = infer_design(runs)
-    return Study(experiment, resolve_uri(tracking_uri), runs, history, layer_frame(history), design)
+    shown = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    return Study(experiment, shown, runs, history, layer_frame(history), design)
 
 
 def _check_history(history: pd.DataFrame, ok: pd.DataFrame, experiment: str) -> None:

@@ -4,6 +4,7 @@ from ``nnlab.analysis`` and a ``Design`` and returns a matplotlib Figure; number
 from __future__ import annotations
 
 import math
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,12 +40,19 @@ def _legend(fig: Figure, axes: np.ndarray, title: str) -> None:
     for ax in axes.flat:
         if ax.get_legend():
             ax.get_legend().remove()
-    fig.legend(seen.values(), seen.keys(), title=title, loc="outside right center", frameon=False)
+    if max(map(len, seen), default=0) > 20:  # long labels (a folded "config") go below, not beside
+        fig.set_figwidth(max(fig.get_figwidth(), 0.09 * max(map(len, seen)) + 2))
+        fig.set_figheight(fig.get_figheight() + 0.25 * len(seen))
+        fig.legend(seen.values(), seen.keys(), title=title, loc="outside lower center", frameon=False)
+    else:
+        fig.legend(seen.values(), seen.keys(), title=title, loc="outside right center", frameon=False)
 
 
 def final_accuracy(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> Figure:
     """Mean ``metric`` per configuration with 95% CI over seeds: x = design.x, one marker per hue,
     one panel per design.col."""
+    if design.x is None and design.col is None:
+        return _final_accuracy_rows(runs, design, metric)
     x = design.x or design.hue
     agg = aggregate(runs, design.by, metric)
     panels = levels(agg, design.col) if design.col else [None]
@@ -75,6 +83,27 @@ def final_accuracy(runs: pd.DataFrame, design: Design, metric: str = "test_acc")
     return fig
 
 
+def _final_accuracy_rows(runs: pd.DataFrame, design: Design, metric: str) -> Figure:
+    """One configuration per row (for designs with a single, possibly long-labelled factor)."""
+    agg = aggregate(runs, [design.hue], metric).sort_values("mean")
+    labels = [str(v) for v in agg[design.hue]]
+    fig, ax = plt.subplots(figsize=(5 + 0.07 * max(map(len, labels)), 0.45 * len(agg) + 1.4), layout="constrained")
+    colors = _palette(agg, design.hue)
+    for pos, (_, row) in enumerate(agg.iterrows()):
+        err = [[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]]
+        ax.errorbar(row["mean"], pos, xerr=np.nan_to_num(err), fmt="o", capsize=3, color=colors[row[design.hue]])
+        ax.annotate(f"{row['mean']:.3f}", (row["mean"], pos), textcoords="offset points", xytext=(0, 7),
+                    ha="center", fontsize=8)
+    ax.set_yticks(np.arange(len(agg)), labels)
+    ax.set_xlabel(f"{metric} (mean, 95% CI over seeds)")
+    ax.axvline(0.1, color="grey", lw=0.8, ls=":")
+    ax.set_xlim(min(0.0, ax.get_xlim()[0]), 1.02)
+    ax.set_ylim(-0.7, len(agg) - 0.3)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(f"Final {metric} per configuration (dotted: chance)")
+    return fig
+
+
 def accuracy_heatmap(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> Figure:
     """Mean ``metric`` as a heatmap: rows = hue (x hue when both), columns = col (or x)."""
     agg = aggregate(runs, design.by, metric)
@@ -85,10 +114,13 @@ def accuracy_heatmap(runs: pd.DataFrame, design: Design, metric: str = "test_acc
     else:
         rows, cols = [design.hue], None
     table = agg.pivot_table(index=rows, columns=cols, values="mean") if cols else agg.set_index(rows)[["mean"]]
-    fig, ax = plt.subplots(figsize=(1.0 * table.shape[1] + 3, 0.45 * table.shape[0] + 1.5),
+    label_chars = max(len(" / ".join(map(str, k if isinstance(k, tuple) else (k,)))) for k in table.index)
+    fig, ax = plt.subplots(figsize=(1.0 * table.shape[1] + 3 + 0.07 * label_chars, 0.45 * table.shape[0] + 1.5),
                            layout="constrained")
-    sns.heatmap(table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax,
-                cbar_kws={"label": f"mean {metric}"})
+    with warnings.catch_warnings():  # seaborn draws once before the layout is final; the saved figure is fine
+        warnings.filterwarnings("ignore", "constrained_layout not applied", UserWarning)
+        sns.heatmap(table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax,
+                    cbar_kws={"label": f"mean {metric}"})
     ax.set_ylabel(" / ".join(rows))
     ax.set_xlabel(cols or "")
     ax.set_title(f"Mean {metric} over seeds")
@@ -152,7 +184,7 @@ def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat
     With depth as a facet, only the deepest networks are drawn (where vanishing shows)."""
     frame = with_params(layers[layers["stat"] == stat], runs, design.by)
     frame, suffix = deepest(frame, design)
-    log_y = stat == "grad_norm" if log_y is None else log_y
+    log_y = stat in ("grad_norm", "act_std") if log_y is None else log_y  # both span decades
     col_levels = levels(frame, design.x) if design.x else [None]
     fig, axes = plt.subplots(2, len(col_levels), figsize=(3.3 * len(col_levels) + 1.5, 5.6), squeeze=False,
                              sharex=True, sharey="row" if log_y else True, layout="constrained")

@@ -40,7 +40,8 @@ def best_and_worst(runs: pd.DataFrame, design: Design, metric: str = "test_acc")
     if agg.empty:
         return [f"No run finished with a {metric}."]
     agg["label"] = _label(agg, design)
-    best, worst = agg.loc[agg["mean"].idxmax()], agg.loc[agg["mean"].idxmin()]
+    ranked = agg.sort_values("mean", ascending=False, kind="stable")  # the summary table's order
+    best, worst = ranked.iloc[0], ranked.iloc[-1]
     out = [f"Best configuration: **{best['label']}**, {metric} {_ci(best)}.",
            f"Worst configuration: **{worst['label']}**, {metric} {_ci(worst)}."]
     stuck = agg[agg["mean"] < CHANCE_MAX]

@@ -127,7 +127,7 @@ def summary_table(runs: pd.DataFrame, by: Sequence[str], metric: str = "test_acc
     out = out[[*by, "runs", "failed", "mean", "std", "ci_low", "ci_high", "best_val_acc", "train_seconds"]]
     out = out.rename(columns={"mean": f"{metric} mean", "std": f"{metric} std", "ci_low": "95% CI low",
                               "ci_high": "95% CI high"})
-    return out.sort_values(f"{metric} mean", ascending=False, na_position="last").reset_index(drop=True)
+    return out.sort_values(f"{metric} mean", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
 
 def to_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
