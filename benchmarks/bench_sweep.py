@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_sweep.py [--epochs 20] [--workers 2]
 
-Runs the same 24-job grid (2 inits x 3 activations x 4 depths) twice from the command line, in a
+Runs the same 24-job grid, for each ``--epochs`` value, (2 inits x 3 activations x 4 depths) twice from the command line, in a
 fresh temporary directory each (own ./mlflow.db): sequentially (Hydra's basic launcher,
 in-process) and with ``hydra/launcher=joblib`` on ``--workers`` processes. The core's own
 training time of every job is read back from MLflow (``train_seconds``), so
@@ -55,32 +55,37 @@ def read_back(workdir: Path) -> dict[str, float]:
             "test_acc": sum(r.data.metrics["test_acc"] for r in children) / len(children)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
+def measure(epochs: int, workers: int) -> dict[str, dict[str, float]]:
     launchers = {"sequential (basic)": [],
-                 f"joblib, {args.workers} workers": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={args.workers}"]}
+                 f"joblib, {workers} workers": ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={workers}"]}
     rows = {}
     for name, launcher in launchers.items():
         with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp:
-            wall = run_sweep(Path(tmp), args.epochs, launcher)
+            wall = run_sweep(Path(tmp), epochs, launcher)
             rows[name] = {"wall": wall, **read_back(Path(tmp))}
-    seq = rows["sequential (basic)"]
-    print(f"24-job grid ({' '.join(GRID)}), {args.epochs} epochs, {os.cpu_count()} CPUs")
-    print(f"{'launcher':<22} {'wall s':>7} {'sweep phase s':>13} {'sum train s':>11} "
-          f"{'overhead/job s':>14} {'start-up s':>10} {'speed-up':>8} {'mean test_acc':>13}")
-    for name, r in rows.items():
-        per_job = (r["phase"] - r["train"]) / r["jobs"]
-        per_job_text = f"{per_job:14.3f}" if name == "sequential (basic)" else f"{'(parallel)':>14}"
-        print(f"{name:<22} {r['wall']:7.1f} {r['phase']:13.1f} {r['train']:11.1f} {per_job_text} "
-              f"{r['wall'] - r['phase']:10.1f} {seq['wall'] / r['wall']:7.2f}x {r['test_acc']:13.4f}")
-    per_job = (seq["phase"] - seq["train"]) / seq["jobs"]
-    print(f"\nsequential per-job overhead (Hydra + nnlab + MLflow): {per_job:.3f} s  (target <= 0.15 s)")
-    print(f"  including process start and imports, spread over the jobs: {(seq['wall'] - seq['train']) / seq['jobs']:.3f} s")
-    name = f"joblib, {args.workers} workers"
-    print(f"joblib speed-up: {seq['wall'] / rows[name]['wall']:.2f}x the sequential wall clock (target >= 1.7x)")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", default="20,100", help="comma-separated; one pair of sweeps each")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    print(f"24-job grid ({' '.join(GRID)}), {os.cpu_count()} CPUs, BLAS 1 thread per job")
+    print(f"| epochs | launcher | wall s | sweep phase s | sum of train_seconds | overhead per job s "
+          f"| start-up s | speed-up | mean test_acc |")
+    print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+    for epochs in [int(e) for e in args.epochs.split(",")]:
+        rows = measure(epochs, args.workers)
+        seq = rows["sequential (basic)"]
+        for name, r in rows.items():
+            sequential = name.startswith("sequential")
+            per_job = f"{(r['phase'] - r['train']) / r['jobs']:.3f}" if sequential else "(parallel)"
+            print(f"| {epochs} | {name} | {r['wall']:.1f} | {r['phase']:.1f} | {r['train']:.1f} | {per_job} "
+                  f"| {r['wall'] - r['phase']:.1f} | {seq['wall'] / r['wall']:.2f}x | {r['test_acc']:.4f} |")
+    print("\noverhead per job = (sweep phase - sum of train_seconds) / 24, sequential launcher (target <= 0.15 s);"
+          "\nstart-up = process start, imports, Hydra, store/experiment/parent creation (once per sweep);"
+          f"\nspeed-up = sequential wall / this wall, both measured in this run (target >= 1.7x on {args.workers} workers).")
 
 
 if __name__ == "__main__":

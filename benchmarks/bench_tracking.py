@@ -1,0 +1,100 @@
+"""What MLflow tracking adds to one run: ``train(cfg)`` vs the core alone, in the same process.
+
+    .venv/bin/python benchmarks/bench_tracking.py [--epochs 100] [--repeats 3]
+
+Rows (BLAS limited to 1 thread for all, as ``blas_threads: 1`` does in nnlab.run):
+  core alone        data loaded once; MLP.from_shape + fit + evaluate with the default config, no callback
+  nnlab.run.train   the same run through the harness: validation, MLflow run, params, every per-epoch
+                    metric (buffered, log_batch), final metrics, artifacts (config, weights), FINISHED
+  per-call logging  the core with a callback calling MlflowClient.log_metric once per value: what
+                    batching saves (run once: it is slow)
+The store is a temporary sqlite file created (with its experiment) before timing, as a sweep's
+launching process does. Medians over ``--repeats``, interleaved. Target: train <= 1.2x the core.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from threadpoolctl import threadpool_limits
+
+from nnlab import config as C
+from nnlab.core import MLP, TrainConfig, evaluate, fit, make_optimizer
+from nnlab.run import CONF_DIR, load_data, train
+
+
+def core_alone(cfg, callback=None) -> tuple[float, float, int]:
+    """Seconds, test accuracy and number of metric values for one default run without tracking."""
+    data = load_data(cfg)
+    start = time.perf_counter()
+    model = MLP.from_shape(data.n_features, data.n_classes, **C.model_kwargs(cfg))
+    history = fit(model, make_optimizer(**C.optimizer_kwargs(cfg)), data.x_train, data.y_train, data.x_val,
+                  data.y_val, TrainConfig(**C.trainer_kwargs(cfg)), seed=cfg.seed, callback=callback)
+    _, test_acc = evaluate(model, data.x_test, data.y_test)
+    return time.perf_counter() - start, test_acc, sum(len(e) for e in history.epochs)
+
+
+def tracked(cfg) -> tuple[float, float]:
+    start = time.perf_counter()
+    final = train(cfg)
+    return time.perf_counter() - start, final["test_acc"]
+
+
+def per_call(cfg, uri: str) -> float:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    run = client.create_run(client.get_experiment_by_name("bench").experiment_id, run_name="per-call")
+
+    def log_each(epoch: int, metrics: dict) -> None:
+        for key, value in metrics.items():
+            client.log_metric(run.info.run_id, key, value, step=epoch)
+
+    seconds = core_alone(cfg, callback=log_each)[0]
+    client.set_terminated(run.info.run_id)
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--epochs", type=int, default=100)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as tmp, threadpool_limits(limits=1, user_api="blas"):
+        uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=[f"trainer.epochs={args.epochs}", f"tracking.uri={uri}",
+                                               "tracking.experiment=bench"])
+            warm = compose("config", overrides=["trainer.epochs=1", f"tracking.uri={uri}", "tracking.experiment=bench"])
+        train(warm)  # creates the store and the experiment, loads digits, warms imports
+        core_alone(cfg)
+        core_times, train_times, accs = [], [], set()
+        for _ in range(args.repeats):
+            seconds, acc, n_values = core_alone(cfg)
+            core_times.append(seconds)
+            accs.add(round(acc, 6))
+            seconds, acc = tracked(cfg)
+            train_times.append(seconds)
+            accs.add(round(acc, 6))
+        naive = per_call(cfg, uri)
+    core, tracked_s = statistics.median(core_times), statistics.median(train_times)
+    print(f"default config, {args.epochs} epochs, digits, {n_values} metric values per run, "
+          f"median of {args.repeats}, BLAS 1 thread", file=sys.stderr)
+    print("| run | seconds | x core | test acc |")
+    print("|---|---:|---:|---:|")
+    print(f"| core alone (no tracking) | {core:.2f} | 1.00 | {min(accs):.4f} |")
+    print(f"| nnlab.run.train (MLflow, batched) | {tracked_s:.2f} | {tracked_s / core:.2f} | {min(accs):.4f} |")
+    print(f"| core + log_metric per value | {naive:.2f} | {naive / core:.2f} | {min(accs):.4f} |")
+    if len(accs) != 1:
+        print(f"warning: test accuracies differ between rows: {sorted(accs)}", file=sys.stderr)
+    print(f"\ntracking overhead: {tracked_s / core:.2f}x the core (target <= 1.2x); "
+          f"batching is {naive / tracked_s:.1f}x cheaper than one log_metric call per value")
+
+
+if __name__ == "__main__":
+    main()
