@@ -125,3 +125,8 @@ def test_progress_bar_in_a_terminal(make_cfg, capsys, monkeypatch):
     monkeypatch.setattr("sys.stderr", fake)
     train(make_cfg("trainer.epochs=3", "model.width=8"))
     assert "relu-he-d2-s0:" in fake.getvalue() and "/3 [" in fake.getvalue()  # a tqdm bar over 3 epochs
+
+
+def test_default_config_reaches_97_5_percent_over_five_seeds(make_cfg):
+    accuracies = [train(make_cfg(f"seed={seed}"))["test_acc"] for seed in range(5)]
+    assert np.mean(accuracies) >= 0.975, accuracies

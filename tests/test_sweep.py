@@ -1,5 +1,6 @@
 """The CLI: ``python -m nnlab.run [-m] ...`` in a subprocess, its exit status and what lands in MLflow."""
 import os
+import time
 import subprocess
 import sys
 
@@ -130,3 +131,92 @@ def test_help_and_cfg_job(tmp_path):
     job = nnlab_run(tmp_path, "--cfg", "job", "model.depth=4")
     assert job.returncode == 0 and "depth: 4" in job.stdout
     assert all_runs(tmp_path) == []
+
+
+def wait_for_child_run(db, process, timeout=60.0):
+    """Poll the sqlite file (plain sqlite3, read-only) until a child run exists."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+        try:
+            with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+                if conn.execute("select count(*) from tags where key = 'mlflow.parentRunId'").fetchone()[0]:
+                    return
+        except sqlite3.Error:
+            pass
+    raise AssertionError("no child run appeared")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["basic", "joblib"])
+def test_ctrl_c_mid_sweep_leaves_nothing_running(tmp_path, launcher):
+    import signal
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    args = [sys.executable, "-m", "nnlab.run", "-m", "seed=0,1,2,3", "trainer.epochs=5000", *launcher]
+    process = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
+    try:
+        wait_for_child_run(tmp_path / "mlflow.db", process)
+        time.sleep(1.0)
+        os.killpg(process.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole process group
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    runs = all_runs(tmp_path)
+    parents, children = split(runs)
+    assert len(parents) == 1 and children, stderr
+    assert all(r.info.status == "FAILED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert parents[0].data.tags["nnlab.failure"] == "SweepAborted"
+    assert "sweep aborted" in stderr
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_sweep_to_a_remote_tracking_server(tmp_path):
+    import signal
+    import urllib.request
+
+    port = free_port()
+    server_dir = tmp_path / "server"
+    server_dir.mkdir()
+    mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
+    server = subprocess.Popen([mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port),
+                               "--backend-store-uri", "sqlite:///server.db"], cwd=server_dir,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not start")
+        result = nnlab_run(tmp_path, "-m", "activation=relu,tanh", f"tracking.uri={uri}", *FAST)
+        assert result.returncode == 0, result.stderr
+        assert f"MLflow runs: {uri}/#/experiments/" in result.stderr
+        assert not (tmp_path / "mlflow.db").exists()  # nothing went to the local default
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("nnlab").experiment_id])
+        parents, children = split(runs)
+        assert len(parents) == 1 and len(children) == 2
+        assert all(r.info.status == "FINISHED" for r in runs)
+        assert {a.path for a in client.list_artifacts(children[0].info.run_id)} >= {"config.yaml", "weights.npz"}
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
