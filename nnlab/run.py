@@ -134,7 +134,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     context = job_context()
     data = load_data(cfg)
     model, optimizer, train_config = build(cfg, data)
-    tracker = Tracker(cfg.tracking.uri)
+    tracker = Tracker(cfg.tracking.uri, base=context.get("cwd"))
     experiment_id = tracker.experiment_id(cfg.tracking.experiment)
     name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
     with tracker.start_run(experiment_id, name, _run_tags(cfg, context), context.get("parent_id"),

@@ -38,18 +38,20 @@ _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100  # MLflow's per-log_batch 
 
 
 # --- where --------------------------------------------------------------------------------------
-def resolve_uri(explicit: str | None = None) -> str:
-    """``tracking.uri`` > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///mlflow.db``; sqlite paths made absolute."""
+def resolve_uri(explicit: str | None = None, base: str | Path | None = None) -> str:
+    """``tracking.uri`` > ``$MLFLOW_TRACKING_URI`` > ``sqlite:///mlflow.db``; a relative sqlite path is
+    made absolute against ``base`` (the directory the command was run from; default: the cwd)."""
     uri = explicit or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    path = sqlite_path(uri)
+    path = sqlite_path(uri, base)
     return f"sqlite:///{path}" if path is not None else uri
 
 
-def sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str, base: str | Path | None = None) -> Path | None:
     """The database file of a ``sqlite:///`` URI (absolute), else None."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///"):].split("?", 1)[0]).expanduser().resolve()
+    path = Path(uri[len("sqlite:///"):].split("?", 1)[0]).expanduser()
+    return (Path(base or Path.cwd()) / path).resolve()
 
 
 def ui_hint(uri: str, experiment_id: str) -> str:
@@ -190,8 +192,8 @@ class Tracker:
 
     _experiments: dict[tuple[str, str], str] = {}  # (uri, name) -> id, known to exist in this process
 
-    def __init__(self, uri: str | None = None):
-        self.uri = resolve_uri(uri)
+    def __init__(self, uri: str | None = None, base: str | Path | None = None):
+        self.uri = resolve_uri(uri, base)
         self.client = _client(self.uri)
 
     def _artifact_location(self, experiment: str) -> str | None:
@@ -309,7 +311,7 @@ class SweepCallback(Callback):
             sys.exit(1)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        tags = {"sweep_id": sweep_id, "overrides": " ".join(config.hydra.overrides.task),
+        tags = {"sweep_id": sweep_id, "overrides": " ".join(config.hydra.overrides.task), "nnlab.sweep_axes": " ".join(axes),
                 "nnlab.sweep_dir": str(self.sweep_dir), "nnlab.jobs": len(jobs) if jobs is not None else "?"}
         self.parent = self.tracker.start_run(self.experiment_id, f"sweep-{sweep_id}", tags)
         os.environ.update({ENV_PARENT: self.parent.run_id, ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes),
@@ -377,6 +379,7 @@ def job_context() -> dict[str, Any]:
     multirun = hc.mode == RunMode.MULTIRUN
     output = Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None
     return {
+        "cwd": hc.runtime.cwd,  # where the command ran: ./mlflow.db is there even with hydra.job.chdir=True
         "choices": OmegaConf.to_container(hc.runtime.choices),
         "overrides": list(hc.overrides.task),
         "multirun": multirun,
