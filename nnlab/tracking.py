@@ -289,19 +289,24 @@ class SweepCallback(Callback):
         # Hydra turns a callback's exceptions into warnings and carries on: so exit here explicitly
         from hydra.errors import HydraException
 
-        from nnlab.config import ConfigError, sweep_jobs, validate, varying_keys
-
         try:
-            plan = sweep_jobs(config)  # every job's config; None for sweepers other than the basic one
-            if plan is None:
-                validate(config)  # at least the keys no sweep changes (each job validates itself too)
-        except ConfigError as err:
-            sys.stderr.write(f"nnlab: {err} -- no run was created\n")
-            sys.exit(2)
+            jobs, axes = _checked_jobs(config)
         except HydraException:
             return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
-        jobs, axes = (plan[0], varying_keys(plan[0])) if plan is not None else (None, [])
         self.n_jobs = len(jobs) if jobs is not None else None
+        self._open_experiment(config)
+        sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        size = str(self.n_jobs) if self.n_jobs is not None else "?"
+        tags = {"sweep_id": sweep_id, "overrides": " ".join(config.hydra.overrides.task),
+                "nnlab.sweep_axes": " ".join(axes), "nnlab.sweep_dir": str(self.sweep_dir), "nnlab.jobs": size}
+        self.parent = self.tracker.start_run(self.experiment_id, f"sweep-{sweep_id}", tags)
+        os.environ.update({ENV_PARENT: self.parent.run_id, ENV_SWEEP_ID: sweep_id,
+                           ENV_SWEEP_KEYS: ",".join(axes), ENV_SWEEP_SIZE: size})
+        atexit.register(self.close, aborted=True)
+
+    def _open_experiment(self, config: DictConfig) -> None:
+        """Create the store and the experiment here, before any worker exists (or exit with one line)."""
         try:
             self.tracker = Tracker(config.tracking.uri)
             self.experiment_id = self.tracker.experiment_id(config.tracking.experiment)
@@ -309,14 +314,6 @@ class SweepCallback(Callback):
             sys.stderr.write(f"nnlab: cannot use the MLflow store {resolve_uri(config.tracking.uri)}: "
                              f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}\n")
             sys.exit(1)
-        sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        tags = {"sweep_id": sweep_id, "overrides": " ".join(config.hydra.overrides.task), "nnlab.sweep_axes": " ".join(axes),
-                "nnlab.sweep_dir": str(self.sweep_dir), "nnlab.jobs": len(jobs) if jobs is not None else "?"}
-        self.parent = self.tracker.start_run(self.experiment_id, f"sweep-{sweep_id}", tags)
-        os.environ.update({ENV_PARENT: self.parent.run_id, ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes),
-                           ENV_SWEEP_SIZE: str(len(jobs)) if jobs is not None else "?"})
-        atexit.register(self.close, aborted=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         failed = self.close()
@@ -347,6 +344,21 @@ class SweepCallback(Callback):
         print(sweep_summary(self.parent.run_id, finished, failed, n_failed, aborted), file=sys.stderr)
         print(ui_hint(self.tracker.uri, self.experiment_id), file=sys.stderr)
         return n_failed
+
+
+def _checked_jobs(config: DictConfig) -> tuple[list | None, list[str]]:
+    """(every job's overrides, the keys the sweep varies); exits with one line on a refused config."""
+    from nnlab.config import ConfigError, sweep_jobs, validate, varying_keys
+
+    try:
+        plan = sweep_jobs(config)  # None for sweepers other than the basic one
+        if plan is None:
+            validate(config)  # at least the keys no sweep changes (each job validates itself too)
+            return None, []
+    except ConfigError as err:
+        sys.stderr.write(f"nnlab: {err} -- no run was created\n")
+        sys.exit(2)
+    return plan[0], varying_keys(plan[0])
 
 
 def sweep_summary(parent_id: str, finished: list, failed: list, n_failed: int, aborted: bool = False) -> str:
