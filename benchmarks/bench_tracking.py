@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_tracking.py [--epochs 100] [--repeats 3]
 
-Rows (BLAS limited to 1 thread for all, as ``blas_threads: 1`` does in nnlab.run):
+Rows (BLAS limited to 1 thread for all, i.e. ``blas_threads=1``, to keep timings steady):
   core alone        data loaded once; MLP.from_shape + fit + evaluate with the default config, no callback
   nnlab.run.train   the same run through the harness: validation, MLflow run, params, every per-epoch
                     metric (buffered, log_batch), final metrics, artifacts (config, weights), FINISHED
@@ -69,7 +69,7 @@ def main() -> None:
         uri = f"sqlite:///{Path(tmp) / 'mlflow.db'}"
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("config", overrides=[f"trainer.epochs={args.epochs}", f"tracking.uri={uri}",
-                                               "tracking.experiment=bench"])
+                                               "tracking.experiment=bench", "blas_threads=1"])
             warm = compose("config", overrides=["trainer.epochs=1", f"tracking.uri={uri}", "tracking.experiment=bench"])
         train(warm)  # creates the store and the experiment, loads digits, warms imports
         core_alone(cfg)

@@ -130,3 +130,23 @@ def test_progress_bar_in_a_terminal(make_cfg, capsys, monkeypatch):
 def test_default_config_reaches_97_5_percent_over_five_seeds(make_cfg):
     accuracies = [train(make_cfg(f"seed={seed}"))["test_acc"] for seed in range(5)]
     assert np.mean(accuracies) >= 0.975, accuracies
+
+
+def test_blas_threads_limit_applies_during_fit_and_joblib_workers_get_one(make_cfg, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from nnlab.run import _blas_limit
+
+    seen = []
+    real_fit = nnlab.core.fit
+
+    def spy_fit(*args, **kwargs):
+        seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(nnlab.core, "fit", spy_fit)
+    train(make_cfg("trainer.epochs=1", "model.width=8", "blas_threads=1"))
+    assert seen and set(seen) == {1}
+    cfg = make_cfg("blas_threads=null")
+    joblib = {"launcher": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
+    assert _blas_limit(cfg, joblib) == 1 and _blas_limit(cfg, {}) is None
