@@ -71,8 +71,8 @@ def main() -> None:
     parser.add_argument("--epochs", default="20,100", help="comma-separated; one pair of sweeps each")
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
-    print(f"24-job grid ({' '.join(GRID)}), {os.cpu_count()} CPUs, BLAS default threads "
-          "(joblib workers: 1 each)")
+    print(f"24-job grid ({' '.join(GRID)}), {os.cpu_count()} CPUs, BLAS 1 thread per job "
+          "(blas_threads=1, the default)")
     print(f"| epochs | launcher | wall s | sweep phase s | sum of train_seconds | overhead per job s "
           f"| start-up s | speed-up | mean test_acc |")
     print("|---:|---|---:|---:|---:|---:|---:|---:|---:|")

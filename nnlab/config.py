@@ -54,7 +54,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     seed: int = 0
-    blas_threads: Optional[int] = None  # BLAS threads while training; None = the library's default
+    blas_threads: Optional[int] = 1  # BLAS threads while training; None = the library's default
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
