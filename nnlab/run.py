@@ -121,6 +121,15 @@ def _log_artifacts(run: RunLogger, cfg: DictConfig, model, context: dict) -> Non
         run.log_artifact(folder)
 
 
+def final_metrics(model, data, history) -> dict[str, float]:
+    """test_loss, test_acc (computed by the core), best_val_acc, epochs_run, train_seconds."""
+    from nnlab.core import evaluate
+
+    test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+    return {"test_loss": test_loss, "test_acc": test_acc, "best_val_acc": history.best_val_acc,
+            "epochs_run": float(history.epochs_run), "train_seconds": history.train_seconds}
+
+
 # --- the task function --------------------------------------------------------------------------
 def train(cfg: DictConfig) -> dict[str, float]:
     """Validate, build, train and record one run; return its final metrics.
@@ -128,7 +137,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     Raises ``ConfigError`` before any MLflow run exists; a run that diverges or raises is marked
     FAILED in MLflow (with its metrics so far) and the exception propagates.
     """
-    from nnlab.core import evaluate, fit
+    from nnlab.core import fit
 
     C.validate(cfg)
     context = job_context()
@@ -140,16 +149,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with tracker.start_run(experiment_id, name, _run_tags(cfg, context), context.get("parent_id"),
                            cfg.tracking.flush_seconds) as run:
         run.log_params({**C.group_choices(cfg, context.get("choices")), **C.flat_params(cfg)})
-        with progress(name, train_config.epochs, _show_bar(context)) as show, blas_threads(_blas_limit(cfg, context)):
+        bar = progress(name, train_config.epochs, _show_bar(context))
+        with bar as show, blas_threads(_blas_limit(cfg, context)):
             def record(epoch: int, metrics: dict[str, float]) -> None:
                 run.log_metrics(metrics, step=epoch)
                 show(epoch, metrics)
 
             history = fit(model, optimizer, data.x_train, data.y_train, data.x_val, data.y_val, train_config,
                           seed=cfg.seed, callback=record)
-        test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
-        final = {"test_loss": test_loss, "test_acc": test_acc, "best_val_acc": history.best_val_acc,
-                 "epochs_run": float(history.epochs_run), "train_seconds": history.train_seconds}
+        final = final_metrics(model, data, history)
         run.log_metrics(final, step=history.epochs_run)
         _log_artifacts(run, cfg, model, context)
     print(summary_line(context, name, final, history.best_val_acc), flush=True)
