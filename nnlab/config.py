@@ -316,7 +316,8 @@ def run_name(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), varyi
 
 
 # --- a sweep, checked whole before its parent run exists -----------------------------------------
-_BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+_GRID_SWEEPERS = ("hydra._internal.core_plugins.basic_sweeper.BasicSweeper",
+                  "hydra_plugins.nnlab_sweeper.sweeper.NnlabSweeper")
 _PER_SWEEP = ("tracking.uri", "tracking.experiment")  # one parent run, one store, one experiment
 
 
@@ -356,7 +357,7 @@ def sweep_jobs(config: DictConfig) -> tuple[list[list[str]], list[DictConfig]] |
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    if OmegaConf.select(config, "hydra.sweeper._target_") != _BASIC_SWEEPER:
+    if OmegaConf.select(config, "hydra.sweeper._target_") not in _GRID_SWEEPERS:
         return None
     params_node = OmegaConf.select(config, "hydra.sweeper.params")
     params = OmegaConf.to_container(params_node, resolve=False) if params_node is not None else {}
