@@ -146,7 +146,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     tracker = Tracker(cfg.tracking.uri, base=context.get("cwd"))
     experiment_id = tracker.experiment_id(cfg.tracking.experiment)
     name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
-    with tracker.start_run(experiment_id, name, _run_tags(cfg, context), context.get("parent_id"),
+    parent_id = context.get("parent_id")
+    if parent_id is None and context.get("sweep_id"):  # a worker spawned before the parent run existed
+        parent_id = tracker.sweep_parent(experiment_id, context["sweep_id"])
+    with tracker.start_run(experiment_id, name, _run_tags(cfg, context), parent_id,
                            cfg.tracking.flush_seconds) as run:
         run.log_params({**C.group_choices(cfg, context.get("choices")), **C.flat_params(cfg)})
         bar = progress(name, train_config.epochs, _show_bar(context))

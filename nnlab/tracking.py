@@ -187,6 +187,17 @@ def _client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+@functools.lru_cache(maxsize=8)
+def _sweep_parent(uri: str, experiment_id: str, sweep_id: str) -> str | None:
+    runs = _client(uri).search_runs([experiment_id], f"attributes.run_name = '{sweep_run_name(sweep_id)}'",
+                                    max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def sweep_run_name(sweep_id: str) -> str:
+    return f"sweep-{sweep_id}"
+
+
 class Tracker:
     """An MLflow store (by URI) and the experiments and runs nnlab creates in it."""
 
@@ -243,6 +254,10 @@ class Tracker:
         run = self.client.create_run(experiment_id, run_name=name, tags=tags)
         return RunLogger(self.client, run.info.run_id, flush_seconds)
 
+    def sweep_parent(self, experiment_id: str, sweep_id: str) -> str | None:
+        """The id of sweep ``sweep_id``'s parent run (looked up once per process), or None."""
+        return _sweep_parent(self.uri, experiment_id, sweep_id)
+
     def children(self, experiment_id: str, parent_id: str) -> list:
         """All child runs of a parent (any status)."""
         from mlflow.entities import ViewType
@@ -294,15 +309,24 @@ class SweepCallback(Callback):
         except HydraException:
             return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
         self.n_jobs = len(jobs) if jobs is not None else None
-        self._open_experiment(config)
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         size = str(self.n_jobs) if self.n_jobs is not None else "?"
+        # set before any worker starts: workers inherit the environment they were spawned with
+        os.environ.update({ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes), ENV_SWEEP_SIZE: size})
+        from nnlab.workers import prestart
+
+        warming = prestart(config)  # joblib workers start and import while the store opens
+        try:
+            self._open_experiment(config)
+        finally:
+            if warming is not None:
+                warming.join()
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         tags = {"sweep_id": sweep_id, "overrides": " ".join(config.hydra.overrides.task),
                 "nnlab.sweep_axes": " ".join(axes), "nnlab.sweep_dir": str(self.sweep_dir), "nnlab.jobs": size}
-        self.parent = self.tracker.start_run(self.experiment_id, f"sweep-{sweep_id}", tags)
-        os.environ.update({ENV_PARENT: self.parent.run_id, ENV_SWEEP_ID: sweep_id,
-                           ENV_SWEEP_KEYS: ",".join(axes), ENV_SWEEP_SIZE: size})
+        self.parent = self.tracker.start_run(self.experiment_id, sweep_run_name(sweep_id), tags)
+        # in-process jobs read the parent's id from here; prestarted workers look it up by name
+        os.environ[ENV_PARENT] = self.parent.run_id
         atexit.register(self.close, aborted=True)
 
     def _open_experiment(self, config: DictConfig) -> None:
