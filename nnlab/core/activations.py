@@ -64,12 +64,16 @@ def _elu(z: Array, alpha: float = 1.0) -> Array:
     return np.where(z > 0, z, alpha * np.expm1(np.minimum(z, 0))).astype(z.dtype, copy=False)
 
 
+def _gelu_tanh(z: Array) -> Array:
+    return np.tanh(_GELU_C * z * (1.0 + _GELU_K * z * z))  # z*z, not z**3: pow is several times slower
+
+
 def _gelu(z: Array) -> Array:
-    return 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + _GELU_K * z**3)))
+    return 0.5 * z * (1.0 + _gelu_tanh(z))
 
 
 def _gelu_grad(z: Array, a: Array) -> Array:
-    t = np.tanh(_GELU_C * (z + _GELU_K * z**3))
+    t = _gelu_tanh(z)
     return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _GELU_C * (1.0 + 3.0 * _GELU_K * z * z)
 
 
