@@ -114,8 +114,7 @@ def _log_artifacts(run: RunLogger, cfg: DictConfig, model, context: dict) -> Non
         folder = Path(tmp)
         (folder / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         if cfg.tracking.log_weights:
-            np.savez(folder / "weights.npz", **{f"{kind}{i + 1}": p for i, layer in enumerate(model.layers)
-                                                for kind, p in zip(("W", "b"), layer.parameters())})
+            np.savez(folder / "weights.npz", **model.state_dict())
         if context.get("hydra_dir") is not None and Path(context["hydra_dir"]).is_dir():
             shutil.copytree(context["hydra_dir"], folder / ".hydra")
         run.log_artifact(folder)
