@@ -30,6 +30,13 @@ ui: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
+	$(PY) benchmarks/bench_tracking.py
+	$(PY) benchmarks/bench_sweep.py
+
+# the init_depth study (135 runs, 2 workers) and its report in reports/init_depth/
+report: $(STAMP)
+	$(PY) -m nnlab.run -m +experiment=init_depth hydra/launcher=joblib hydra.launcher.n_jobs=2
+	$(PY) -m nnlab.report --experiment init_depth --out reports/init_depth
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
