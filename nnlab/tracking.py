@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -102,11 +102,6 @@ def failure_tags(error: BaseException) -> dict[str, str]:
     if isinstance(error, DivergenceError):
         return {FAILURE_TAG: "diverged", "nnlab.failure_epoch": str(error.epoch), "nnlab.failure_message": message}
     return {FAILURE_TAG: type(error).__name__, "nnlab.failure_message": message}
-
-
-def _chunks(items: list, size: int) -> Iterable[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 # --- one run ------------------------------------------------------------------------------------
