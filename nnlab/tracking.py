@@ -300,9 +300,10 @@ class SweepCallback(Callback):
         from hydra.errors import HydraException
 
         try:
-            jobs, axes = _checked_jobs(config)
+            jobs, configs, axes = _checked_jobs(config)
         except HydraException:
             return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
+        _check_data(configs or [config], load=not _uses_joblib(config))
         self.n_jobs = len(jobs) if jobs is not None else None
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         size = str(self.n_jobs) if self.n_jobs is not None else "?"
@@ -335,6 +336,10 @@ class SweepCallback(Callback):
             sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self.parent is not None and _uses_joblib(config):
+            from nnlab.workers import stop
+
+            stop()  # every job has returned: release the worker processes before the summary
         failed = self.close()
         if failed:
             sys.exit(1)
@@ -365,19 +370,52 @@ class SweepCallback(Callback):
         return n_failed
 
 
-def _checked_jobs(config: DictConfig) -> tuple[list | None, list[str]]:
-    """(every job's overrides, the keys the sweep varies); exits with one line on a refused config."""
+def _uses_joblib(config: DictConfig) -> bool:
+    return "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+
+
+def _checked_jobs(config: DictConfig) -> tuple[list | None, list | None, list[str]]:
+    """(every job's overrides, their configs, the keys the sweep varies); exits with one line on a
+    refused config."""
     from nnlab.config import ConfigError, sweep_jobs, validate, varying_keys
 
     try:
         plan = sweep_jobs(config)  # None for sweepers other than the basic one
         if plan is None:
             validate(config)  # at least the keys no sweep changes (each job validates itself too)
-            return None, []
+            return None, None, []
     except ConfigError as err:
         sys.stderr.write(f"nnlab: {err} -- no run was created\n")
         sys.exit(2)
-    return plan[0], varying_keys(plan[0])
+    return plan[0], plan[1], varying_keys(plan[0])
+
+
+def _check_data(configs: list[DictConfig], load: bool) -> None:
+    """Every dataset the sweep uses is there, before any run exists (else one line and exit 2).
+
+    ``load``: in-process jobs share this process's dataset cache, so load (and split) each dataset
+    here, once; parallel workers load their own, so only check the files (no scikit-learn import).
+    """
+    from nnlab.config import dataset_kwargs
+    from nnlab.data import check_dataset
+
+    seen: set[tuple] = set()
+    for cfg in configs:
+        kwargs = dataset_kwargs(cfg)
+        key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_dataset(**kwargs)
+            if load:
+                from nnlab.run import load_data
+
+                load_data(cfg)
+        except (OSError, ValueError) as err:
+            sys.stderr.write(f"nnlab: dataset={kwargs['name']} cannot be loaded: {(str(err).splitlines() or [''])[0]}"
+                             " -- no run was created\n")
+            sys.exit(2)
 
 
 def sweep_summary(parent_id: str, finished: list, failed: list, n_failed: int, aborted: bool = False) -> str:

@@ -5,7 +5,7 @@ import struct
 import numpy as np
 import pytest
 
-from nnlab.data import load_dataset, read_idx
+from nnlab.data import check_dataset, load_dataset, read_idx
 
 
 def test_digits_split_is_stratified_fixed_and_independent_of_anything_else():
@@ -79,6 +79,16 @@ def test_mnist_from_npz(tmp_path):
 def test_missing_mnist_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"MNIST not found at '.*nowhere'.*train-images-idx3-ubyte"):
         load_dataset("mnist", path=str(tmp_path / "nowhere"))
+
+
+def test_check_dataset_finds_files_without_loading_them(tmp_path):
+    check_dataset("digits")  # ships with scikit-learn
+    with pytest.raises(FileNotFoundError, match=r"MNIST not found at '.*nowhere'"):
+        check_dataset("mnist", path=str(tmp_path / "nowhere"))
+    (tmp_path / "mnist.npz").write_bytes(b"not read by the check")
+    check_dataset("mnist", path=str(tmp_path), split_seed=3)
+    with pytest.raises(ValueError, match="unknown dataset 'cifar'; valid choices: digits, mnist"):
+        check_dataset("cifar")
 
 
 def test_corrupt_idx_is_refused(tmp_path):

@@ -125,6 +125,18 @@ def test_bad_input_joblib_sweep(tmp_path, override, needle):
     check_refused(tmp_path, nnlab_run(tmp_path, *args), needle)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]],
+                         ids=["basic", "joblib"])
+def test_sweep_with_missing_data_is_refused_before_any_run(tmp_path, launcher):
+    result = nnlab_run(tmp_path, "-m", *launcher, "dataset=mnist", "dataset.path=nowhere/mnist", "seed=0,1", *FAST)
+    assert result.returncode == 2
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("nnlab:")]
+    assert "dataset=mnist" in line and "'nowhere/mnist'" in line and "no run was created" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # not even the store
+
+
 def test_help_and_cfg_job(tmp_path):
     help_text = nnlab_run(tmp_path, "--help")
     assert help_text.returncode == 0 and "activation: elu, gelu, identity" in help_text.stdout
