@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from nnlab._cli import exit_without_final_collection
+
 import matplotlib
 
 matplotlib.use("Agg")  # headless: before pyplot is imported anywhere below
@@ -160,5 +162,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """``python -m nnlab.report`` / ``nnlab-report``."""
+    exit_without_final_collection()
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

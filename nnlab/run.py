@@ -24,6 +24,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab import config as C
+from nnlab._cli import exit_without_final_collection
 from nnlab.tracking import RunLogger, Tracker, job_context, ui_hint
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # absolute: works from any cwd and any import path
@@ -211,9 +212,15 @@ def main(cfg: DictConfig) -> float | None:
         sys.exit(2 if isinstance(err, C.ConfigError) else 1)
 
 
+def cli() -> None:
+    """``python -m nnlab.run`` / ``nnlab-run``: Hydra's command line around ``main``."""
+    exit_without_final_collection()
+    main()
+
+
 if __name__ == "__main__":
     # call main through the importable module, not __main__: joblib workers then unpickle the task
     # function by reference (nnlab.run.main) instead of by value with this module's globals
-    from nnlab.run import main as _main
+    from nnlab.run import cli as _cli
 
-    _main()
+    _cli()

@@ -150,3 +150,19 @@ def test_blas_threads_limit_applies_during_fit_and_joblib_workers_get_one(make_c
     cfg = make_cfg("blas_threads=null")
     joblib = {"launcher": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
     assert _blas_limit(cfg, joblib) == 1 and _blas_limit(cfg, {}) is None
+
+
+def test_command_line_exit_skips_the_final_garbage_collection():
+    import subprocess
+    import sys
+
+    # exit handlers run last-registered first: one registered before ours sees what ours did
+    code = ("import atexit, gc; atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); "
+            "from nnlab.run import cli; import nnlab._cli as c; c.exit_without_final_collection(); "
+            "c.exit_without_final_collection(); print('handlers', atexit._ncallbacks())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[1] == "frozen True"
+    handlers = int(out[0].split()[1])
+    plain = subprocess.run([sys.executable, "-c", "import atexit; from nnlab.run import cli; print(atexit._ncallbacks())"],
+                           capture_output=True, text=True, check=True).stdout
+    assert handlers == int(plain) + 2  # the probe and ours, once however often it is asked
