@@ -26,11 +26,18 @@ PRELOAD = [
     "numpy",
     "mlflow",
     "mlflow.store.tracking.sqlalchemy_store",  # the sqlite store; MLflow imports it on first use
+    "sqlalchemy.dialects.sqlite",
+    "alembic.command",  # MLflow checks the store's schema version when a worker opens it
+    "alembic.config",
     "sklearn.datasets",
     "sklearn.model_selection",
     "sklearn.preprocessing",
     "threadpoolctl",
     "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.nnlab_sweeper.sweeper",  # Hydra's plugin registry, restored in each worker
+    "hydra._internal.core_plugins.bash_completion",
+    "hydra._internal.core_plugins.fish_completion",
+    "hydra._internal.core_plugins.zsh_completion",
     "nnlab.core",
     "nnlab.data",
     "nnlab.run",
