@@ -32,17 +32,35 @@ from pathlib import Path
 GRID = ["init=he,xavier", "activation=relu,tanh,sigmoid", "model.depth=1,2,4,8"]
 
 
-def run_sweep(workdir: Path, epochs: int, launcher: list[str]) -> float:
-    """Run the grid from the command line in ``workdir``; return its wall-clock seconds."""
+def start_sweep(workdir: Path, epochs: int, launcher: list[str]) -> subprocess.Popen:
+    """Start the grid from the command line in ``workdir``."""
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     cmd = [sys.executable, "-m", "nnlab.run", "-m", *GRID, f"trainer.epochs={epochs}",
            "tracking.experiment=bench_sweep", *launcher]
+    return subprocess.Popen(cmd, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen) -> None:
+    _, stderr = process.communicate()
+    if process.returncode != 0:
+        sys.exit(f"sweep failed ({' '.join(process.args)}):\n{stderr[-3000:]}")
+
+
+def run_sweep(workdir: Path, epochs: int, launcher: list[str]) -> float:
+    """Run the grid from the command line in ``workdir``; return its wall-clock seconds."""
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"sweep failed ({' '.join(cmd)}):\n{result.stderr[-3000:]}")
-    return wall
+    finish(start_sweep(workdir, epochs, launcher))
+    return time.perf_counter() - start
+
+
+def side_by_side(epochs: int) -> dict[str, float]:
+    """Two sequential sweeps at once, each with its own store: what two busy cores cost each process."""
+    with tempfile.TemporaryDirectory(prefix="nnlab-bench-") as a, tempfile.TemporaryDirectory(prefix="nnlab-bench-") as b:
+        processes = [start_sweep(Path(d), epochs, []) for d in (a, b)]
+        for process in processes:
+            finish(process)
+        results = [read_back(Path(d)) for d in (a, b)]
+    return {key: sum(r[key] for r in results) / 2 for key in ("jobs", "phase", "train")}
 
 
 def read_back(workdir: Path) -> dict[str, float]:
@@ -84,6 +102,8 @@ def main() -> None:
     parser.add_argument("--epochs", default="20,100", help="comma-separated; one pair of sweeps each")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--stores", default="new,existing", help="comma-separated: new, existing")
+    parser.add_argument("--contention", type=int, default=20, metavar="EPOCHS",
+                        help="also run two sequential sweeps at once, to see what a second busy core costs (0: skip)")
     args = parser.parse_args()
     print(f"24-job grid ({' '.join(GRID)}), {os.cpu_count()} CPUs, BLAS 1 thread per job "
           "(blas_threads=1, the default)")
@@ -100,6 +120,15 @@ def main() -> None:
                 print(f"| {epochs} | {store} | {name} | {r['wall']:.1f} | {r['wall'] - r['phase']:.1f} "
                       f"| {r['phase']:.1f} | {r['train']:.1f} | {per_job} | {seq['wall'] / r['wall']:.2f}x "
                       f"| {seq['phase'] / r['phase']:.2f}x | {r['test_acc']:.4f} |", flush=True)
+    alone = measure(args.contention, args.workers, "new")["sequential (basic)"] if args.contention else None
+    if alone is not None:
+        both = side_by_side(args.contention)
+        print(f"\nTwo busy cores ({args.contention} epochs): the sequential sweep alone, then two of them at once "
+              "(own directories and stores, nothing shared), means per sweep:")
+        print("| sweeps at once | sweep phase s | sum of train_seconds | overhead per job s |")
+        print("|---:|---:|---:|---:|")
+        for n, r in ((1, alone), (2, both)):
+            print(f"| {n} | {r['phase']:.1f} | {r['train']:.1f} | {(r['phase'] - r['train']) / r['jobs']:.3f} |")
     print("\noverhead per job = (sweep phase - sum of train_seconds) / 24, sequential launcher (target <= 0.15 s);"
           "\nstart + exit = process start, imports, checking the grid, opening the store, the parent run, exit;"
           "\nspeed-up = sequential / this, both measured in this run "

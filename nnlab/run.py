@@ -24,7 +24,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab import config as C
-from nnlab._cli import exit_without_final_collection
+from nnlab._cli import exit_without_final_collection, freeze_startup_heap
 from nnlab.tracking import RunLogger, Tracker, job_context, ui_hint
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # absolute: works from any cwd and any import path
@@ -201,6 +201,7 @@ def _one_line(err: BaseException, cfg: DictConfig, context: dict) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def main(cfg: DictConfig) -> float | None:
     """Hydra's task function: one job. Returns test_acc (what a tuning sweeper would maximise)."""
+    freeze_startup_heap()
     context = job_context()
     try:
         with _sigterm_as_interrupt():

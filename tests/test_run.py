@@ -166,3 +166,18 @@ def test_command_line_exit_skips_the_final_garbage_collection():
     plain = subprocess.run([sys.executable, "-c", "import atexit; from nnlab.run import cli; print(atexit._ncallbacks())"],
                            capture_output=True, text=True, check=True).stdout
     assert handlers == int(plain) + 2  # the probe and ours, once however often it is asked
+
+
+@pytest.mark.parametrize("args, frozen", [(["trainer.epochs=1", "model.width=8"], "True"), (["--cfg", "job"], "False")],
+                         ids=["a-job-ran", "no-job"])
+def test_a_process_that_runs_a_job_freezes_its_start_up_heap(tmp_path, args, frozen):
+    import subprocess
+    import sys
+
+    # the exit-time freeze is registered first, so the probe (run before it) sees only the job's freeze
+    code = ("import atexit, gc, sys; import nnlab._cli as c; c.exit_without_final_collection(); "
+            "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0)); "
+            f"sys.argv = ['nnlab.run', *{args!r}]; from nnlab.run import cli; cli()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[-1] == f"frozen {frozen}"
