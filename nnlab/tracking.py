@@ -13,16 +13,19 @@ Tracking URI precedence: an explicit ``tracking.uri`` > ``$MLFLOW_TRACKING_URI``
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import getpass
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -104,6 +107,33 @@ def failure_tags(error: BaseException) -> dict[str, str]:
     return {FAILURE_TAG: type(error).__name__, "nnlab.failure_message": message}
 
 
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """Hold Ctrl-C and SIGTERM while MLflow writes; deliver them as soon as the write is done.
+
+    An interrupt raised inside SQLAlchemy's transaction on a sqlite store leaves that connection
+    holding the database's write lock, and the next write (the run's FAILED status) then waits on
+    it for ever. Main thread only (Python delivers signals there); elsewhere a plain block.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(signum)
+        if handler is not None:  # None: installed outside Python, leave it alone
+            previous[signum] = handler
+            signal.signal(signum, lambda number, frame: held.append(number))
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(held):
+            signal.raise_signal(signum)  # now handled as usual (KeyboardInterrupt, ...)
+
+
 # --- one run ------------------------------------------------------------------------------------
 class RunLogger:
     """One MLflow run: buffered params, tags and metrics, artifacts; a context manager that always
@@ -141,8 +171,9 @@ class RunLogger:
         metrics, params, tags = self._metrics, self._params, self._tags
         self._metrics, self._params, self._tags = [], [], []
         while metrics or params or tags:
-            self.client.log_batch(self.run_id, metrics=metrics[:_MAX_METRICS], params=params[:_MAX_PARAMS],
-                                  tags=tags[:_MAX_TAGS])
+            with uninterrupted():
+                self.client.log_batch(self.run_id, metrics=metrics[:_MAX_METRICS], params=params[:_MAX_PARAMS],
+                                      tags=tags[:_MAX_TAGS])
             metrics, params, tags = metrics[_MAX_METRICS:], params[_MAX_PARAMS:], tags[_MAX_TAGS:]
         self._last_flush = time.monotonic()
 
@@ -163,7 +194,8 @@ class RunLogger:
                 self.set_tags(failure_tags(error))
             self.flush()
         finally:
-            self.client.set_terminated(self.run_id, status=self.status)
+            with uninterrupted():
+                self.client.set_terminated(self.run_id, status=self.status)
 
     def __enter__(self) -> "RunLogger":
         return self
@@ -222,8 +254,9 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
-                                                     tags=dict([EXPERIMENT_KIND]))
+                with uninterrupted():
+                    return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
+                                                         tags=dict([EXPERIMENT_KIND]))
             except MlflowException as err:  # another process created it in between
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
@@ -246,7 +279,8 @@ class Tracker:
         if parent_id:
             base[PARENT_TAG] = parent_id
         tags = {**base, **{k: str(v) for k, v in (tags or {}).items()}}
-        run = self.client.create_run(experiment_id, run_name=name, tags=tags)
+        with uninterrupted():
+            run = self.client.create_run(experiment_id, run_name=name, tags=tags)
         return RunLogger(self.client, run.info.run_id, flush_seconds)
 
     def sweep_parent(self, experiment_id: str, sweep_id: str) -> str | None:
@@ -353,8 +387,9 @@ class SweepCallback(Callback):
         children = self.tracker.children(self.experiment_id, self.parent.run_id)
         for run in children:
             if run.info.status == "RUNNING":  # its worker was killed before it could close it
-                self.tracker.client.set_tag(run.info.run_id, FAILURE_TAG, "interrupted")
-                self.tracker.client.set_terminated(run.info.run_id, status="FAILED")
+                with uninterrupted():
+                    self.tracker.client.set_tag(run.info.run_id, FAILURE_TAG, "interrupted")
+                    self.tracker.client.set_terminated(run.info.run_id, status="FAILED")
         finished = [r for r in children if r.info.status == "FINISHED"]
         failed = [r for r in children if r.info.status != "FINISHED"]
         # jobs that failed before their run existed (e.g. missing data files) leave no run: count them

@@ -103,3 +103,46 @@ def test_child_runs_point_at_their_parent(store):
 
 def test_git_tags_never_fail_outside_a_repository(tmp_path):
     assert T.git_tags(tmp_path) == {}
+
+
+class InterruptedClient(CountingClient):
+    """Ctrl-C arrives while MLflow is inside its metric write (as a user's keypress can)."""
+
+    def log_batch(self, run_id, metrics=(), **kw):
+        import os
+        import signal
+
+        if metrics:
+            os.kill(os.getpid(), signal.SIGINT)
+        return super().log_batch(run_id, metrics=metrics, **kw)
+
+
+def test_ctrl_c_during_a_write_lets_the_write_finish_then_fails_the_run(store):
+    tracker = T.Tracker(store)
+    run = tracker.start_run(tracker.experiment_id("e"), "interrupted", flush_seconds=0)
+    run.client = InterruptedClient(run.client)
+    with pytest.raises(KeyboardInterrupt):
+        with run:
+            run.log_metrics({"train_loss": 2.3}, step=0)  # the interrupt surfaces after this write
+            raise AssertionError("not reached: the interrupt is delivered when the write returns")
+    stored = MlflowClient(store).get_run(run.run_id)
+    assert stored.data.metrics == {"train_loss": 2.3}  # the interrupted write is whole
+    assert (stored.info.status, stored.data.tags["nnlab.failure"]) == ("FAILED", "KeyboardInterrupt")
+
+
+def test_uninterrupted_holds_signals_and_delivers_each_once_after():
+    import os
+    import signal
+
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: seen.append(number))
+    try:
+        with T.uninterrupted():
+            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert seen == []  # held
+        assert seen == [signal.SIGTERM]  # delivered once the block is done
+        with pytest.raises(KeyboardInterrupt), T.uninterrupted():
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
