@@ -157,6 +157,5 @@ def check_dataset(name: str, path: str | Path | None = None, **_unused) -> None:
 
 def load_dataset(name: str, **kwargs) -> Dataset:
     """Load a dataset by name (``digits`` or ``mnist``); kwargs go to its loader."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; valid choices: {', '.join(sorted(DATASETS))}")
+    check_dataset(name, **kwargs)
     return DATASETS[name](**kwargs)

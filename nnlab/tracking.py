@@ -337,14 +337,14 @@ class SweepCallback(Callback):
             jobs, configs, axes = _checked_jobs(config)
         except HydraException:
             return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
-        _check_data(configs or [config], load=not _uses_joblib(config))
+        from nnlab.workers import prestart, uses_joblib
+
+        _check_data(configs or [config], load=not uses_joblib(config))
         self.n_jobs = len(jobs) if jobs is not None else None
         sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
         size = str(self.n_jobs) if self.n_jobs is not None else "?"
         # set before any worker starts: workers inherit the environment they were spawned with
         os.environ.update({ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes), ENV_SWEEP_SIZE: size})
-        from nnlab.workers import prestart
-
         warming = prestart(config)  # joblib workers start and import while the store opens
         try:
             self._open_experiment(config)
@@ -370,9 +370,9 @@ class SweepCallback(Callback):
             sys.exit(1)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        if self.parent is not None and _uses_joblib(config):
-            from nnlab.workers import stop
+        from nnlab.workers import stop, uses_joblib
 
+        if self.parent is not None and uses_joblib(config):
             stop()  # every job has returned: release the worker processes before the summary
         failed = self.close()
         if failed:
@@ -403,10 +403,6 @@ class SweepCallback(Callback):
         print(sweep_summary(self.parent.run_id, finished, failed, n_failed, aborted), file=sys.stderr)
         print(ui_hint(self.tracker.uri, self.experiment_id), file=sys.stderr)
         return n_failed
-
-
-def _uses_joblib(config: DictConfig) -> bool:
-    return "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
 
 
 def _checked_jobs(config: DictConfig) -> tuple[list | None, list | None, list[str]]:
@@ -442,11 +438,12 @@ def _check_data(configs: list[DictConfig], load: bool) -> None:
             continue
         seen.add(key)
         try:
-            check_dataset(**kwargs)
             if load:
                 from nnlab.run import load_data
 
-                load_data(cfg)
+                load_data(cfg)  # checks, then loads into the cache the jobs read
+            else:
+                check_dataset(**kwargs)
         except (OSError, ValueError) as err:
             sys.stderr.write(f"nnlab: dataset={kwargs['name']} cannot be loaded: {(str(err).splitlines() or [''])[0]}"
                              " -- no run was created\n")

@@ -44,11 +44,16 @@ PRELOAD = [
 ]
 
 
+def uses_joblib(config: DictConfig | None) -> bool:
+    """Whether a (Hydra) config runs its jobs with hydra-joblib-launcher (``hydra/launcher=joblib``)."""
+    return config is not None and "joblib" in str(OmegaConf.select(config, "hydra.launcher._target_", default=""))
+
+
 def _joblib_kwargs(config: DictConfig) -> dict[str, Any] | None:
     """``Parallel(...)`` arguments exactly as the joblib launcher will build them, or None."""
-    launcher = OmegaConf.select(config, "hydra.launcher")
-    if launcher is None or "joblib" not in str(launcher.get("_target_", "")):
+    if not uses_joblib(config):
         return None
+    launcher = OmegaConf.select(config, "hydra.launcher")
     from hydra_plugins.hydra_joblib_launcher._core import process_joblib_cfg
 
     kwargs = {k: v for k, v in OmegaConf.to_container(launcher, resolve=True).items() if k != "_target_"}

@@ -61,8 +61,9 @@ class NnlabSweeper(BasicSweeper):
         super().validate_batch_is_legal(batch)
 
     def get_job_batch(self) -> Sequence[Sequence[str]]:
+        from nnlab.workers import uses_joblib
+
         batch = super().get_job_batch()
-        launcher = str(OmegaConf.select(self.config, "hydra.launcher._target_", default="")) if self.config else ""
-        if "joblib" not in launcher:
+        if not uses_joblib(self.config):
             return batch
         return sorted(batch, key=lambda job: estimated_cost(self.config, job), reverse=True)  # stable for ties
