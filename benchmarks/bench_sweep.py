@@ -19,8 +19,8 @@ per command and shown as start + exit. Two speed-ups, both sequential / joblib m
 side in this run: of the whole command (wall clock), and of the sweep phase (the jobs' throughput).
 A third, the ceiling, is the wall-clock speed-up joblib would reach if its jobs' Hydra + MLflow work cost
 what it costs sequentially and split perfectly over the workers: sequential wall / (joblib's start + exit
-+ (its jobs' training + the sequential per-job overhead x jobs) / workers). What it leaves out — the
-command's start and the training slowed by a second busy core — is measured, not assumed; the gap between
++ (its jobs' training + the sequential per-job overhead x jobs) / workers). The two costs it keeps, the
+command's start and the training slowed by a second busy core, are measured, not assumed; the gap between
 the ceiling and the real speed-up is all that making a job's Hydra and MLflow work faster could win.
 Targets: per-job overhead <= 0.15 s; joblib on 2 workers >= 1.7x the sequential speed.
 """
@@ -126,10 +126,10 @@ def main() -> None:
         for store in args.stores.split(","):
             rows = measure(epochs, args.workers, store)
             seq = rows["sequential (basic)"]
+            overhead = seq["phase"] - seq["train"]  # all jobs' Hydra + MLflow work, run one after another
             for name, r in rows.items():
                 sequential = name.startswith("sequential")
                 per_job = f"{(r['phase'] - r['train']) / r['jobs']:.3f}" if sequential else "(parallel)"
-                overhead = seq["phase"] - seq["train"]
                 ceiling = seq["wall"] / ideal_seconds(r, overhead, 1 if sequential else args.workers)
                 print(f"| {epochs} | {store} | {name} | {r['wall']:.1f} | {r['wall'] - r['phase']:.1f} "
                       f"| {r['phase']:.1f} | {r['train']:.1f} | {per_job} | {seq['wall'] / r['wall']:.2f}x "
