@@ -67,9 +67,14 @@ def blas_threads(limit: int | None) -> Iterator[None]:
         yield
 
 
+def _in_parallel_worker(context: dict) -> bool:
+    """Whether this job runs in a worker of hydra-joblib-launcher (beside other workers)."""
+    return "joblib" in context.get("launcher", "")
+
+
 def _blas_limit(cfg: DictConfig, context: dict) -> int | None:
     # parallel workers: one BLAS thread each, so two workers on two cores do not fight
-    return 1 if "joblib" in context.get("launcher", "") else cfg.blas_threads
+    return 1 if _in_parallel_worker(context) else cfg.blas_threads
 
 
 # --- progress -----------------------------------------------------------------------------------
@@ -91,7 +96,7 @@ def progress(name: str, epochs: int, bar: bool) -> Iterator[Callable[[int, dict]
 
 def _show_bar(context: dict) -> bool:
     # parallel workers share the terminal: bars would interleave, so they print summary lines only
-    return sys.stderr.isatty() and "joblib" not in context.get("launcher", "")
+    return sys.stderr.isatty() and not _in_parallel_worker(context)
 
 
 def summary_line(context: dict, name: str, final: dict[str, float], best_val: float) -> str:
