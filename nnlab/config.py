@@ -9,7 +9,11 @@ arguments of ``nnlab.core`` / ``nnlab.data``, so the entry point never spells ou
 from __future__ import annotations
 
 import copy
+import functools
+import hashlib
+import json
 import math
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, Optional
 
@@ -56,6 +60,7 @@ class Config:
     seed: int = 0
     blas_threads: Optional[int] = 1  # BLAS threads while training; None = the library's default
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    resume: bool = False  # a sweep: skip every job whose config already has a FINISHED run
 
 
 # --- schema: one per kind of group option (conf/<group>/<option>.yaml names its schema) ----------
@@ -134,6 +139,10 @@ def register_configs() -> None:
 
 
 register_configs()
+# `${nnlab.unique:}` in hydra.sweep.dir: two sweeps started in the same second get their own folder.
+# Cached like Hydra's `now`: Hydra copies the launching process's resolver cache into every job's config.
+if not OmegaConf.has_resolver("nnlab.unique"):
+    OmegaConf.register_new_resolver("nnlab.unique", lambda: uuid.uuid4().hex[:4], use_cache=True)
 
 
 # --- value checks -----------------------------------------------------------------------------
@@ -274,7 +283,7 @@ def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 # --- cfg -> the record --------------------------------------------------------------------------
-_NOT_PARAMS = ("tracking.uri",)  # may carry credentials (http://user:token@host); never a hyperparameter
+_NOT_PARAMS = ("tracking.uri", "resume")  # the URI may carry credentials (http://user:token@host)
 
 
 def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
@@ -289,6 +298,50 @@ def flat_params(cfg: DictConfig) -> dict[str, str]:
     """Every resolved leaf under its dotted path (``model.depth``, ``optimizer.lr``, ...), as strings."""
     tree = OmegaConf.to_container(cfg, resolve=True)
     return {key: _show(value) for key, value in _leaves(tree, "") if key not in _NOT_PARAMS}
+
+
+# how a run is done or recorded, not what is trained: two runs differing only here are the same run
+_NOT_IN_FINGERPRINT = ("tracking", "resume", "blas_threads")
+
+
+def fingerprint(cfg: DictConfig) -> str:
+    """A stable hash of the resolved config without ``tracking``, ``resume`` and ``blas_threads``:
+    the ``nnlab.fingerprint`` tag, by which a resumed sweep knows a job is done and the analysis
+    knows two runs are one configuration run twice (not two seeds)."""
+    tree = OmegaConf.to_container(cfg, resolve=True)
+    tree = {k: v for k, v in tree.items() if k not in _NOT_IN_FINGERPRINT and k != "hydra"}
+    text = json.dumps(tree, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# `+key=value` adds a key nnlab's schema does not have: nnlab would never read it, so it is refused,
+# except where a free-form dict is meant to grow and where Hydra's own config is concerned
+_ADDABLE = ("hydra.", "trainer.schedule_params.")
+
+
+def check_added_keys(overrides: Iterable[str]) -> None:
+    """Raise :class:`ConfigError` for a ``+key=value`` / ``++key=value`` on a key nnlab does not use
+    (``+typo=5``); group additions (``+experiment=NAME``) are Hydra's and pass."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for override in OverridesParser.create().parse_overrides(list(overrides)):
+        if not (override.is_add() or override.is_force_add()) or not _is_leaf_override(override):
+            continue
+        key = override.key_or_group
+        if key.startswith(_ADDABLE) or key in _SCHEMA_LEAVES():
+            continue
+        raise ConfigError(override.input_line.split("=", 1)[0], override.value(),
+                          "nnlab does not use this key; see `python -m nnlab.run --help` for the keys it reads")
+
+
+@functools.cache
+def _SCHEMA_LEAVES() -> frozenset[str]:
+    """Every dotted key of the top-level schema and of every group option's schema."""
+    keys = {k for k, _ in _leaves(OmegaConf.to_container(OmegaConf.structured(Config)), "")}
+    for group, kinds in SCHEMAS.items():
+        for node in kinds.values():
+            keys.update(f"{group}.{k}" for k in OmegaConf.to_container(OmegaConf.structured(node)))
+    return frozenset(keys)
 
 
 def group_choices(cfg: DictConfig, hydra_choices: dict[str, Any] | None = None) -> dict[str, str]:

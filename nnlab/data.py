@@ -5,6 +5,7 @@ sweep sees the same validation and test sets. The scaler is fitted on the traini
 """
 from __future__ import annotations
 
+import functools
 import gzip
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,3 +160,16 @@ def load_dataset(name: str, **kwargs) -> Dataset:
     """Load a dataset by name (``digits`` or ``mnist``); kwargs go to its loader."""
     check_dataset(name, **kwargs)
     return DATASETS[name](**kwargs)
+
+
+@functools.lru_cache(maxsize=4)
+def _shared(key: tuple[tuple[str, object], ...]) -> Dataset:
+    data = load_dataset(**dict(key))
+    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
+        getattr(data, name).setflags(write=False)  # shared by every job of an in-process sweep
+    return data
+
+
+def load_shared(name: str, **kwargs) -> Dataset:
+    """``load_dataset``, cached per process and read-only: an in-process sweep loads and splits once."""
+    return _shared(tuple(sorted({"name": name, **kwargs}.items())))

@@ -11,7 +11,7 @@ failed (diverged or raised) — in a sweep, after every job ran; 2 a refused con
 from __future__ import annotations
 
 import contextlib
-import functools
+import os
 import shutil
 import signal
 import sys
@@ -25,25 +25,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnlab import config as C
 from nnlab._cli import exit_without_final_collection, freeze_startup_heap
-from nnlab.tracking import RunLogger, Tracker, job_context, ui_hint
+from nnlab import signals
+from nnlab.sweep import FINGERPRINT_TAG, abort_active, job_context
+from nnlab.tracking import RunLogger, Tracker, ui_hint
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # absolute: works from any cwd and any import path
 
 
 # --- build (everything that can refuse the config happens before the MLflow run exists) ----------
-@functools.lru_cache(maxsize=4)
-def _cached_dataset(key: tuple[tuple[str, Any], ...]):
-    from nnlab.data import load_dataset
-
-    data = load_dataset(**dict(key))
-    for name in ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test"):
-        getattr(data, name).setflags(write=False)  # shared by every job of an in-process sweep
-    return data
-
-
 def load_data(cfg: DictConfig):
     """The configured dataset (cached per process: a sweep loads and splits digits once)."""
-    return _cached_dataset(tuple(sorted(C.dataset_kwargs(cfg).items())))
+    from nnlab.data import load_shared
+
+    return load_shared(**C.dataset_kwargs(cfg))
 
 
 def build(cfg: DictConfig, data) -> tuple[Any, Any, Any]:
@@ -65,6 +59,14 @@ def blas_threads(limit: int | None) -> Iterator[None]:
 
     with threadpool_limits(limits=limit, user_api="blas"):
         yield
+
+
+def _blas_default() -> str:
+    """How many threads BLAS uses when left alone (what ``blas_threads=null`` runs with)."""
+    from threadpoolctl import threadpool_info
+
+    counts = sorted({str(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"})
+    return ",".join(counts) or "?"
 
 
 def _in_parallel_worker(context: dict) -> bool:
@@ -108,7 +110,8 @@ def summary_line(context: dict, name: str, final: dict[str, float], best_val: fl
 
 # --- record -------------------------------------------------------------------------------------
 def _run_tags(cfg: DictConfig, context: dict) -> dict[str, str]:
-    tags = {"overrides": " ".join(context.get("overrides", [])), "nnlab.dataset": cfg.dataset.name}
+    tags = {"overrides": " ".join(context.get("overrides", [])), "nnlab.dataset": cfg.dataset.name,
+            FINGERPRINT_TAG: C.fingerprint(cfg)}
     if context.get("sweep_id"):
         tags.update({"sweep_id": context["sweep_id"], "nnlab.job_num": str(context["job_num"])})
     return tags
@@ -144,8 +147,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """
     from nnlab.core import fit
 
-    C.validate(cfg)
     context = job_context()
+    C.check_added_keys(context.get("overrides", ()))
+    C.validate(cfg)
+    if context.get("stop_file") and Path(context["stop_file"]).exists():
+        raise signals.Interrupted(signal.SIGTERM)  # the sweep is stopping: a job not yet started does not start
     data = load_data(cfg)
     model, optimizer, train_config = build(cfg, data)
     tracker = Tracker(cfg.tracking.uri, base=context.get("cwd"))
@@ -157,8 +163,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with tracker.start_run(experiment_id, name, _run_tags(cfg, context), parent_id,
                            cfg.tracking.flush_seconds) as run:
         run.log_params({**C.group_choices(cfg, context.get("choices")), **C.flat_params(cfg)})
+        limit = _blas_limit(cfg, context)
+        run.set_tags({"nnlab.blas_threads": str(limit) if limit is not None else f"default ({_blas_default()})"})
+        run.flush()  # params and tags reach the store now: a run killed in its first second is still found
         bar = progress(name, train_config.epochs, _show_bar(context))
-        with bar as show, blas_threads(_blas_limit(cfg, context)):
+        with bar as show, blas_threads(limit):
             def record(epoch: int, metrics: dict[str, float]) -> None:
                 run.log_metrics(metrics, step=epoch)
                 show(epoch, metrics)
@@ -174,24 +183,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     return final
 
 
-# --- the CLI ------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (a killed job, a stopped worker) unwinds like Ctrl-C, so the run gets closed."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
+# --- the CLI ---------------------------------------------------------------------------------
 def _one_line(err: BaseException, cfg: DictConfig, context: dict) -> str:
     from nnlab.core import DivergenceError
 
@@ -200,6 +192,8 @@ def _one_line(err: BaseException, cfg: DictConfig, context: dict) -> str:
     first = (str(err).splitlines() or [""])[0]
     kind = "diverged" if isinstance(err, DivergenceError) else type(err).__name__
     name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
+    if getattr(err, "nnlab_run_id", None) is None:
+        return f"nnlab: job {name} could not start ({kind}): {first} -- no run was created"
     return f"nnlab: run {name} failed ({kind}): {first}"
 
 
@@ -209,19 +203,49 @@ def main(cfg: DictConfig) -> float | None:
     freeze_startup_heap()
     context = job_context()
     try:
-        with _sigterm_as_interrupt():
+        with signals.raising():  # SIGTERM unwinds like Ctrl-C: the run is closed KILLED
             return train(cfg)["test_acc"]
     except Exception as err:  # the run (if any) is already closed as FAILED
         print(_one_line(err, cfg, context), file=sys.stderr, flush=True)
         if context.get("multirun"):
             return None  # the sweep goes on; SweepCallback counts failures and exits 1 at the end
-        sys.exit(2 if isinstance(err, C.ConfigError) else 1)
+        sys.exit(2 if isinstance(err, C.ConfigError) or getattr(err, "nnlab_run_id", None) is None else 1)
+
+
+def _hydra_error_line(err: BaseException) -> str:
+    """Hydra's own refusals (an unknown override, a missing option, a malformed YAML) in one line."""
+    text = " ".join(str(err).split())
+    if err.__cause__ is not None and str(err.__cause__).strip():
+        text += f" ({' '.join(str(err.__cause__).split())})"
+    return f"nnlab: {text[:400] or type(err).__name__} -- no run was created"
 
 
 def cli() -> None:
-    """``python -m nnlab.run`` / ``nnlab-run``: Hydra's command line around ``main``."""
+    """``python -m nnlab.run`` / ``nnlab-run``: Hydra's command line around ``main``.
+
+    Exit status: 0 all good; 1 a run failed; 2 refused before any run existed (nnlab's checks and
+    Hydra's own: bad overrides, missing options, malformed YAML); 128 + signal when SIGINT (130) or
+    SIGTERM (143) stopped it.
+    """
     exit_without_final_collection()
-    main()
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a long traceback: one line here
+    try:
+        main()
+    except KeyboardInterrupt as err:
+        signum = signals.signal_of(err)
+        if not abort_active(err):
+            print(f"nnlab: stopped by {signals.Interrupted(signum).name}", file=sys.stderr, flush=True)
+        sys.exit(signals.exit_status(signum))
+    except Exception as err:
+        if full_error:
+            raise
+        started = abort_active(err)  # an error raised through Hydra mid-sweep: the sweep is closed
+        print(_hydra_error_line(err), file=sys.stderr, flush=True)
+        sys.exit(1 if started else 2)
+    finally:
+        if not full_error:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
 
 
 if __name__ == "__main__":

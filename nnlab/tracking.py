@@ -1,4 +1,4 @@
-"""MLflow: where runs go, their lifecycle, batched metric logging, and one parent run per sweep.
+"""MLflow only: where runs go, a run's lifecycle, batched metric logging, artifacts.
 
 The tracker only records: every number it logs was computed by ``nnlab.core``. Metrics are
 buffered and sent with ``MlflowClient.log_batch`` at most every ``flush_seconds`` (one sqlite
@@ -12,31 +12,28 @@ Tracking URI precedence: an explicit ``tracking.uri`` > ``$MLFLOW_TRACKING_URI``
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
 import getpass
 import os
 import re
 import signal
+import socket
 import subprocess
-import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from nnlab.signals import signal_of
+
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3 UI: open on training runs
 PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "nnlab.failure"
-# how a sweep's launching process tells its jobs (in-process or joblib workers) where they belong
-ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE = "NNLAB_PARENT_RUN_ID", "NNLAB_SWEEP_ID", "NNLAB_SWEEP_SIZE"
-ENV_SWEEP_KEYS = "NNLAB_SWEEP_KEYS"  # the keys the sweep varies (they go into the run names)
+HOST_TAG, PID_TAG = "nnlab.host", "nnlab.pid"
+ROLE_TAG = "nnlab.role"  # "sweep" on a sweep's parent run
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100  # MLflow's per-log_batch limits
 
 
@@ -90,6 +87,12 @@ def git_tags(here: Path = Path(__file__).resolve().parent) -> dict[str, str]:
     return {"mlflow.source.git.commit": commit.stdout.strip(), "nnlab.git_dirty": str(bool(dirty.stdout.strip()))}
 
 
+def process_tags() -> dict[str, str]:
+    """Which process owns a RUNNING run (``nnlab.host``, ``nnlab.pid``): how a later command tells a
+    run still being written from one whose process is gone (``python -m nnlab.runs clean``)."""
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -98,13 +101,24 @@ def _user() -> str:
 
 
 def failure_tags(error: BaseException) -> dict[str, str]:
-    """Why a run failed: ``diverged`` (+ epoch) for a NaN/inf loss, else the exception's class."""
+    """Why a run failed: ``diverged`` (+ epoch) for a NaN/inf loss, ``SIGINT``/``SIGTERM`` for an
+    interrupt, else the exception's class."""
     from nnlab.core import DivergenceError
 
     message = (str(error).splitlines() or [""])[0][:500]
     if isinstance(error, DivergenceError):
         return {FAILURE_TAG: "diverged", "nnlab.failure_epoch": str(error.epoch), "nnlab.failure_message": message}
+    signum = signal_of(error)
+    if signum is not None:
+        return {FAILURE_TAG: signal.Signals(signum).name, "nnlab.failure_message": message or "interrupted"}
     return {FAILURE_TAG: type(error).__name__, "nnlab.failure_message": message}
+
+
+def end_status(error: BaseException | None) -> str:
+    """FINISHED; KILLED when a signal stopped the run (it did not fail: it was stopped); else FAILED."""
+    if error is None:
+        return "FINISHED"
+    return "KILLED" if signal_of(error) is not None else "FAILED"
 
 
 @contextlib.contextmanager
@@ -185,10 +199,10 @@ class RunLogger:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def close(self, error: BaseException | None = None) -> None:
-        """Flush, then FINISHED, or FAILED with the reason tags. Idempotent."""
+        """Flush, then FINISHED, or KILLED / FAILED with the reason tags. Idempotent."""
         if self.status != "RUNNING":
             return
-        self.status = "FAILED" if error is not None else "FINISHED"
+        self.status = end_status(error)
         try:
             if error is not None:
                 self.set_tags(failure_tags(error))
@@ -201,6 +215,8 @@ class RunLogger:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc is not None:
+            exc.nnlab_run_id = self.run_id  # the run existed (and is now closed): for the one-line report
         self.close(exc)
         return False
 
@@ -216,13 +232,11 @@ def _client(uri: str) -> Any:
 
 @functools.lru_cache(maxsize=8)
 def _sweep_parent(uri: str, experiment_id: str, sweep_id: str) -> str | None:
-    runs = _client(uri).search_runs([experiment_id], f"attributes.run_name = '{sweep_run_name(sweep_id)}'",
-                                    max_results=1)
+    from mlflow.entities import ViewType
+
+    runs = _client(uri).search_runs([experiment_id], f"tags.`{ROLE_TAG}` = 'sweep' and tags.sweep_id = '{sweep_id}'",
+                                    run_view_type=ViewType.ALL, max_results=1)
     return runs[0].info.run_id if runs else None
-
-
-def sweep_run_name(sweep_id: str) -> str:
-    return f"sweep-{sweep_id}"
 
 
 class Tracker:
@@ -275,7 +289,7 @@ class Tracker:
         from mlflow.utils.mlflow_tags import MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
         base = {MLFLOW_SOURCE_NAME: "nnlab.run", MLFLOW_SOURCE_TYPE: "LOCAL",
-                MLFLOW_USER: _user(), **git_tags()}
+                MLFLOW_USER: _user(), **git_tags(), **process_tags()}
         if parent_id:
             base[PARENT_TAG] = parent_id
         tags = {**base, **{k: str(v) for k, v in (tags or {}).items()}}
@@ -289,206 +303,37 @@ class Tracker:
 
     def children(self, experiment_id: str, parent_id: str) -> list:
         """All child runs of a parent (any status)."""
+        return self.search(experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
+
+    def search(self, experiment_id: str, filter_string: str = "", max_results: int | None = None) -> list:
+        """Every run of the experiment matching ``filter_string`` (any status), newest first."""
         from mlflow.entities import ViewType
 
         runs, token = [], None
         while True:
-            page = self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                                           run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+            page = self.client.search_runs([experiment_id], filter_string, run_view_type=ViewType.ALL,
+                                           max_results=min(max_results or 1000, 1000), page_token=token,
+                                           order_by=["attributes.start_time DESC"])
             runs.extend(page)
             token = page.token
-            if not token:
+            if not token or (max_results is not None and len(runs) >= max_results):
                 return runs
 
+    def reopen(self, run_id: str, flush_seconds: float = 1.0) -> RunLogger:
+        """Set a closed (or abandoned) run RUNNING again and return its logger: a resumed sweep's parent."""
+        with uninterrupted():
+            self.client.update_run(run_id, status="RUNNING")
+            self.client.log_batch(run_id, tags=[_tag(k, v) for k, v in process_tags().items()])
+        return RunLogger(self.client, run_id, flush_seconds)
 
-# --- a sweep: Hydra callback in the launching process --------------------------------------------
-class JobsFailed(RuntimeError):
-    """Some jobs of a sweep failed (the parent run's ``nnlab.failure`` tag)."""
-
-
-class SweepAborted(RuntimeError):
-    """The sweep stopped before its end (Ctrl-C, or an error raised through Hydra)."""
-
-
-class SweepCallback(Callback):
-    """One MLflow parent run per multirun; jobs (in-process or joblib workers) become its children.
-
-    ``on_multirun_start`` validates every job first (a refused config creates no run), then
-    creates the store, the experiment and the parent run *before* any worker starts (parallel
-    first-time schema creation on one sqlite file is a known MLflow race). ``on_multirun_end`` —
-    or, when a job raises through Hydra or Ctrl-C stops the sweep, an ``atexit`` hook — closes the
-    parent: FINISHED if every child finished, else FAILED; children a killed worker left RUNNING are
-    marked FAILED (``nnlab.failure=interrupted``). A sweep with failed jobs still runs every job,
-    then exits with status 1.
-    """
-
-    def __init__(self) -> None:
-        self.tracker: Tracker | None = None
-        self.parent: RunLogger | None = None
-        self.experiment_id = ""
-        self.sweep_dir: Path | None = None
-        self.n_jobs: int | None = None
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Hydra turns a callback's exceptions into warnings and carries on: so exit here explicitly
-        from hydra.errors import HydraException
-
-        try:
-            jobs, configs, axes = _checked_jobs(config)
-        except HydraException:
-            return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
-        from nnlab.workers import prestart, uses_joblib
-
-        _check_data(configs or [config], load=not uses_joblib(config))
-        self.n_jobs = len(jobs) if jobs is not None else None
-        sweep_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-        size = str(self.n_jobs) if self.n_jobs is not None else "?"
-        # set before any worker starts: workers inherit the environment they were spawned with
-        os.environ.update({ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes), ENV_SWEEP_SIZE: size})
-        warming = prestart(config)  # joblib workers start and import while the store opens
-        try:
-            self._open_experiment(config)
-        finally:
-            if warming is not None:
-                warming.join()
-        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        tags = {"sweep_id": sweep_id, "overrides": " ".join(config.hydra.overrides.task),
-                "nnlab.sweep_axes": " ".join(axes), "nnlab.sweep_dir": str(self.sweep_dir), "nnlab.jobs": size}
-        self.parent = self.tracker.start_run(self.experiment_id, sweep_run_name(sweep_id), tags)
-        # in-process jobs read the parent's id from here; prestarted workers look it up by name
-        os.environ[ENV_PARENT] = self.parent.run_id
-        atexit.register(self.close, aborted=True)
-
-    def _open_experiment(self, config: DictConfig) -> None:
-        """Create the store and the experiment here, before any worker exists (or exit with one line)."""
-        try:
-            self.tracker = Tracker(config.tracking.uri)
-            self.experiment_id = self.tracker.experiment_id(config.tracking.experiment)
-        except Exception as err:
-            sys.stderr.write(f"nnlab: cannot use the MLflow store {resolve_uri(config.tracking.uri)}: "
-                             f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}\n")
-            sys.exit(1)
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        from nnlab.workers import stop, uses_joblib
-
-        if self.parent is not None and uses_joblib(config):
-            stop()  # every job has returned: release the worker processes before the summary
-        failed = self.close()
-        if failed:
-            sys.exit(1)
-
-    def close(self, aborted: bool = False) -> int:
-        """Close the parent once; print the sweep's summary and the UI hint. Returns #failed jobs."""
-        if self.parent is None or self.parent.status != "RUNNING":
-            return 0
-        for key in (ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE, ENV_SWEEP_KEYS):
-            os.environ.pop(key, None)
-        children = self.tracker.children(self.experiment_id, self.parent.run_id)
-        for run in children:
-            if run.info.status == "RUNNING":  # its worker was killed before it could close it
-                with uninterrupted():
-                    self.tracker.client.set_tag(run.info.run_id, FAILURE_TAG, "interrupted")
-                    self.tracker.client.set_terminated(run.info.run_id, status="FAILED")
-        finished = [r for r in children if r.info.status == "FINISHED"]
-        failed = [r for r in children if r.info.status != "FINISHED"]
-        # jobs that failed before their run existed (e.g. missing data files) leave no run: count them
-        n_failed = max(len(failed), self.n_jobs - len(finished)) if self.n_jobs is not None else len(failed)
-        self.parent.set_tags({"nnlab.jobs_finished": len(finished), "nnlab.jobs_failed": n_failed})
-        if self.sweep_dir is not None:
-            self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
-        error = SweepAborted("the sweep stopped before all jobs ran") if aborted else (
-            JobsFailed(f"{n_failed} of {len(finished) + n_failed} jobs failed") if n_failed else None)
-        self.parent.close(error)
-        print(sweep_summary(self.parent.run_id, finished, failed, n_failed, aborted), file=sys.stderr)
-        print(ui_hint(self.tracker.uri, self.experiment_id), file=sys.stderr)
-        return n_failed
+    def mark_ended(self, run_id: str, status: str, reason: str) -> None:
+        """Close a run some other process left RUNNING: ``status`` (KILLED/FAILED) and the reason tag."""
+        with uninterrupted():
+            self.client.set_tag(run_id, FAILURE_TAG, reason)
+            self.client.set_terminated(run_id, status=status)
 
 
-def _checked_jobs(config: DictConfig) -> tuple[list | None, list | None, list[str]]:
-    """(every job's overrides, their configs, the keys the sweep varies); exits with one line on a
-    refused config."""
-    from nnlab.config import ConfigError, sweep_jobs, validate, varying_keys
+def _tag(key: str, value: Any):
+    from mlflow.entities import RunTag
 
-    try:
-        plan = sweep_jobs(config)  # None for sweepers other than the basic one
-        if plan is None:
-            validate(config)  # at least the keys no sweep changes (each job validates itself too)
-            return None, None, []
-    except ConfigError as err:
-        sys.stderr.write(f"nnlab: {err} -- no run was created\n")
-        sys.exit(2)
-    return plan[0], plan[1], varying_keys(plan[0])
-
-
-def _check_data(configs: list[DictConfig], load: bool) -> None:
-    """Every dataset the sweep uses is there, before any run exists (else one line and exit 2).
-
-    ``load``: in-process jobs share this process's dataset cache, so load (and split) each dataset
-    here, once; parallel workers load their own, so only check the files (no scikit-learn import).
-    """
-    from nnlab.config import dataset_kwargs
-    from nnlab.data import check_dataset
-
-    seen: set[tuple] = set()
-    for cfg in configs:
-        kwargs = dataset_kwargs(cfg)
-        key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            if load:
-                from nnlab.run import load_data
-
-                load_data(cfg)  # checks, then loads into the cache the jobs read
-            else:
-                check_dataset(**kwargs)
-        except (OSError, ValueError) as err:
-            sys.stderr.write(f"nnlab: dataset={kwargs['name']} cannot be loaded: {(str(err).splitlines() or [''])[0]}"
-                             " -- no run was created\n")
-            sys.exit(2)
-
-
-def sweep_summary(parent_id: str, finished: list, failed: list, n_failed: int, aborted: bool = False) -> str:
-    """A few lines: counts, the best finished run, and each failed run with its reason."""
-    state = "aborted" if aborted else "done"
-    lines = [f"sweep {state}: {len(finished)} finished, {n_failed} failed (parent run {parent_id})"]
-    scored = [r for r in finished if "test_acc" in r.data.metrics]
-    if scored:
-        best = max(scored, key=lambda r: r.data.metrics["test_acc"])
-        lines.append(f"  best: {best.info.run_name}  test_acc={best.data.metrics['test_acc']:.4f}")
-    for run in failed:
-        tags = run.data.tags
-        why = tags.get(FAILURE_TAG, "interrupted")
-        if why == "diverged":
-            why += f" at epoch {tags.get('nnlab.failure_epoch', '?')}"
-        lines.append(f"  FAILED {run.info.run_name}: {why}")
-    if n_failed > len(failed):
-        lines.append(f"  {n_failed - len(failed)} job(s) failed before their run was created: see the log above")
-    return "\n".join(lines)
-
-
-def job_context() -> dict[str, Any]:
-    """What Hydra knows about the current job (empty when ``train`` is called without Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    output = Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None
-    return {
-        "cwd": hc.runtime.cwd,  # where the command ran: ./mlflow.db is there even with hydra.job.chdir=True
-        "choices": OmegaConf.to_container(hc.runtime.choices),
-        "overrides": list(hc.overrides.task),
-        "multirun": multirun,
-        "job_num": int(hc.job.num) if multirun else 0,
-        "launcher": str(OmegaConf.select(hc, "launcher._target_", default="")),
-        "hydra_dir": output,
-        "parent_id": os.environ.get(ENV_PARENT) if multirun else None,
-        "sweep_id": os.environ.get(ENV_SWEEP_ID) if multirun else None,
-        "sweep_size": os.environ.get(ENV_SWEEP_SIZE, "?") if multirun else "1",
-        "varying": [k for k in os.environ.get(ENV_SWEEP_KEYS, "").split(",") if k] if multirun else [],
-    }
+    return RunTag(key, str(value))

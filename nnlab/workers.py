@@ -17,7 +17,7 @@ launching process's job. Where forkserver does not exist (Windows) loky's defaul
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -122,10 +122,35 @@ def stop() -> None:
 
     executor = getattr(reusable_executor, "_executor", None)
     if executor is not None:
-        executor.shutdown(wait=True)  # idle workers exit at once (forked: no teardown either)
+        # idle workers exit at once (forked: no teardown either); after an interrupt, busy ones are killed
+        executor.shutdown(wait=True, kill_workers=True)
     pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
     if pid is not None:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
+
+
+def worker_pids() -> list[int]:
+    """Process ids of the joblib launcher's current worker processes (none when no pool exists)."""
+    from joblib.externals.loky import reusable_executor
+
+    executor = getattr(reusable_executor, "_executor", None)
+    return list(getattr(executor, "_processes", None) or {})
+
+
+def signal_workers(signum: int, grace: float, settled: Callable[[], bool]) -> None:
+    """Send ``signum`` to every worker, then wait up to ``grace`` seconds until ``settled()``
+    (their runs closed). The launcher kills whatever is left when the sweep unwinds."""
+    import os
+    import time
+
+    for pid in worker_pids():
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and not settled():
+        time.sleep(0.2)

@@ -97,7 +97,7 @@ def test_ctrl_c_mid_training_leaves_no_running_run(make_cfg, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg("trainer.epochs=5", "model.width=16"))
     (run,) = runs(make_cfg.client)
-    assert run.info.status == "FAILED" and run.data.tags["nnlab.failure"] == "KeyboardInterrupt"
+    assert run.info.status == "KILLED" and run.data.tags["nnlab.failure"] == "SIGINT"
     steps = sorted(m.step for m in make_cfg.client.get_metric_history(run.info.run_id, "val_acc"))
     assert steps == [0, 1]
 

@@ -70,7 +70,7 @@ def test_a_diverging_job_fails_alone_and_the_sweep_reports_it(tmp_path):
     assert all(c.data.params["optimizer.lr"] == "1000000.0" for c in failed)
     assert all(c.data.tags["nnlab.failure"] == "diverged" for c in failed)
     assert "FAILED relu-he-d2-s0-lr1000000.0: diverged at epoch 1" in result.stderr
-    assert "sweep done: 2 finished, 2 failed" in result.stderr
+    assert "sweep done: 2 finished, 2 failed -- of 4 jobs" in result.stderr
 
 
 @pytest.mark.slow
@@ -180,13 +180,13 @@ def test_ctrl_c_mid_sweep_leaves_nothing_running(tmp_path, launcher):
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
-    assert process.returncode != 0
+    assert process.returncode == 130, stderr  # 128 + SIGINT
     runs = all_runs(tmp_path)
     parents, children = split(runs)
     assert len(parents) == 1 and children, stderr
-    assert all(r.info.status == "FAILED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
-    assert parents[0].data.tags["nnlab.failure"] == "SweepAborted"
-    assert "sweep aborted" in stderr
+    assert all(r.info.status == "KILLED" for r in runs), [(r.info.run_name, r.info.status) for r in runs]
+    assert {r.data.tags["nnlab.failure"] for r in runs} == {"SIGINT"}
+    assert "sweep stopped by SIGINT" in stderr and "resume=true" in stderr
 
 
 def free_port() -> int:
@@ -211,7 +211,8 @@ def test_sweep_to_a_remote_tracking_server(tmp_path):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(120):
+        deadline = time.monotonic() + 180  # a loaded 2-core machine: the server may take a minute to start
+        while time.monotonic() < deadline:
             try:
                 urllib.request.urlopen(f"{uri}/health", timeout=1)
                 break

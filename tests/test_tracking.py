@@ -1,8 +1,11 @@
 """The tracker on its own, against a temporary sqlite store: URIs, batching, run lifecycle."""
+import signal
+
 import pytest
 from mlflow import MlflowClient
 
 from nnlab import tracking as T
+from nnlab.signals import Interrupted
 from nnlab.core import DivergenceError
 
 
@@ -74,17 +77,18 @@ def test_flush_every_interval_keeps_the_run_live(store):
         assert MlflowClient(store).get_run(run.run_id).data.metrics == {"val_acc": 0.5}
 
 
-@pytest.mark.parametrize("error, reason", [(DivergenceError(4, float("nan")), "diverged"),
-                                           (ValueError("bad"), "ValueError"),
-                                           (KeyboardInterrupt(), "KeyboardInterrupt")])
-def test_a_run_left_by_an_exception_is_failed_with_a_reason_and_its_metrics(store, error, reason):
+@pytest.mark.parametrize("error, reason, status", [(DivergenceError(4, float("nan")), "diverged", "FAILED"),
+                                                   (ValueError("bad"), "ValueError", "FAILED"),
+                                                   (KeyboardInterrupt(), "SIGINT", "KILLED"),
+                                                   (Interrupted(signal.SIGTERM), "SIGTERM", "KILLED")])
+def test_a_run_left_by_an_exception_is_closed_with_a_reason_and_its_metrics(store, error, reason, status):
     tracker = T.Tracker(store)
     with pytest.raises(type(error)):
         with tracker.start_run(tracker.experiment_id("e"), "broken", flush_seconds=3600) as run:
             run.log_metrics({"train_loss": 2.3}, step=0)
             raise error
     stored = MlflowClient(store).get_run(run.run_id)
-    assert stored.info.status == "FAILED"
+    assert stored.info.status == status
     assert stored.data.tags["nnlab.failure"] == reason
     assert stored.data.metrics["train_loss"] == 2.3  # flushed before it was marked failed
     if reason == "diverged":
@@ -127,7 +131,7 @@ def test_ctrl_c_during_a_write_lets_the_write_finish_then_fails_the_run(store):
             raise AssertionError("not reached: the interrupt is delivered when the write returns")
     stored = MlflowClient(store).get_run(run.run_id)
     assert stored.data.metrics == {"train_loss": 2.3}  # the interrupted write is whole
-    assert (stored.info.status, stored.data.tags["nnlab.failure"]) == ("FAILED", "KeyboardInterrupt")
+    assert (stored.info.status, stored.data.tags["nnlab.failure"]) == ("KILLED", "SIGINT")
 
 
 def test_uninterrupted_holds_signals_and_delivers_each_once_after():

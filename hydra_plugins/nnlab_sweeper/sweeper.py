@@ -1,6 +1,6 @@
 """Hydra's basic grid sweeper, minus its second composition of every job, plus longest-first order.
 
-Before any job starts, ``nnlab.tracking.SweepCallback`` composes and validates every job of the
+Before any job starts, ``nnlab.sweep.SweepCallback`` composes and validates every job of the
 grid (``nnlab.config.sweep_jobs``: once per distinct group combination) so that a refused value
 creates no MLflow run. ``BasicSweeper`` would then compose each job again only to check it
 (``validate_batch_is_legal``, ~50 ms a job) before the launcher composes it once more to run it.
@@ -10,7 +10,7 @@ For a parallel launcher (joblib) it also hands the jobs over longest first: a gr
 order ends with its deepest networks, and the last of them would run while the other workers sit
 idle. Longest-first keeps every worker busy until the end. Same jobs, same run names; only the
 job numbers (Hydra's ``hydra.job.num``) follow the new order. The in-process launcher keeps the
-grid's order.
+grid's order. With ``resume=true``, the jobs ``nnlab.sweep`` found FINISHED are left out.
 """
 from __future__ import annotations
 
@@ -63,7 +63,10 @@ class NnlabSweeper(BasicSweeper):
     def get_job_batch(self) -> Sequence[Sequence[str]]:
         from nnlab.workers import uses_joblib
 
-        batch = super().get_job_batch()
+        from nnlab.sweep import SKIPPED
+
+        # resume=true: jobs whose config already has a FINISHED run are not launched again
+        batch = [job for job in super().get_job_batch() if tuple(job) not in SKIPPED]
         if not uses_joblib(self.config):
             return batch
         return sorted(batch, key=lambda job: estimated_cost(self.config, job), reverse=True)  # stable for ties

@@ -1,0 +1,67 @@
+"""SIGINT and SIGTERM as exceptions that say which signal it was, and the exit status that tells it.
+
+Ctrl-C, ``kill``, ``timeout``, ``docker stop`` and a scheduler's preemption must all unwind a run
+or a sweep the same way: every open MLflow run closed (KILLED, with the signal as its reason), the
+sweep's parent closed, worker processes gone, then exit with the shell's convention 128 + signal
+number (130 for SIGINT, 143 for SIGTERM), so whatever waits on the command can tell what happened.
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from typing import Callable, Iterator
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Interrupted(KeyboardInterrupt):
+    """The process received SIGINT or SIGTERM (``signum``); a KeyboardInterrupt, so ``except
+    Exception`` (Hydra's, a library's) never swallows it."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name}")
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+def signal_of(error: BaseException) -> int | None:
+    """The signal behind an interrupt (a plain KeyboardInterrupt is Ctrl-C: SIGINT), else None."""
+    if isinstance(error, Interrupted):
+        return error.signum
+    if isinstance(error, KeyboardInterrupt):
+        return int(signal.SIGINT)
+    return None
+
+
+def exit_status(signum: int) -> int:
+    """The shell's status for a command ended by ``signum``: 128 + signum."""
+    return 128 + int(signum)
+
+
+@contextlib.contextmanager
+def raising(before: Callable[[int], None] | None = None) -> Iterator[None]:
+    """Inside the block SIGINT and SIGTERM raise :class:`Interrupted` in the main thread.
+
+    ``before(signum)`` runs first, inside the handler (e.g. forward the signal to worker
+    processes). Previous handlers come back at the end. Elsewhere than the main thread: a plain
+    block (Python delivers signals to the main thread only).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame) -> None:
+        if before is not None:
+            before(signum)
+        raise Interrupted(signum)
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)

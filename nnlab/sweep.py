@@ -1,0 +1,461 @@
+"""A multirun's lifecycle, in the launching process (a Hydra callback).
+
+``on_multirun_start`` checks every job of the grid (a refused config creates no run), checks the
+data, opens the store, then opens the sweep's parent run -- or, with ``resume=true``, rejoins the
+parent of the same grid and skips every job whose config (``nnlab.fingerprint``) already has a
+FINISHED run. From then on SIGINT and SIGTERM stop the sweep cleanly (workers told first, their
+runs closed KILLED, the parent closed, the command exits 128 + signal). ``on_multirun_end`` -- or
+``abort`` when a signal or an error ends the sweep early -- closes the parent with the sweep's
+summary. Exit status: 0 every job finished, 1 a job failed, 2 refused before any run existed,
+130/143 stopped by SIGINT/SIGTERM.
+
+Jobs learn where they belong from the environment (in-process jobs and every launcher's workers
+inherit it): ``NNLAB_SWEEP_ID``, ``NNLAB_SWEEP_SIZE``, ``NNLAB_SWEEP_KEYS``, ``NNLAB_PARENT_RUN_ID``
+and ``NNLAB_STOP_FILE`` (present once the sweep is stopping: no new job starts).
+"""
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import os
+import shlex
+import socket
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from nnlab import signals
+from nnlab.tracking import FAILURE_TAG, HOST_TAG, PID_TAG, ROLE_TAG, RunLogger, Tracker, resolve_uri, ui_hint
+
+ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE = "NNLAB_PARENT_RUN_ID", "NNLAB_SWEEP_ID", "NNLAB_SWEEP_SIZE"
+ENV_SWEEP_KEYS = "NNLAB_SWEEP_KEYS"  # the keys the sweep varies (they go into the run names)
+ENV_STOP_FILE = "NNLAB_STOP_FILE"  # exists once the sweep is stopping: jobs not yet started do not start
+_ENV = (ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE, ENV_SWEEP_KEYS, ENV_STOP_FILE)
+FINGERPRINT_TAG = "nnlab.fingerprint"
+SWEEP_KEY_TAG = "nnlab.sweep_key"  # the same grid has the same key: how resume finds its parent
+WORKER_GRACE_SECONDS = 10.0  # after a signal, how long workers get to close their runs
+
+# override lists of the jobs the sweeper must not launch (finished in an earlier attempt); read by
+# hydra_plugins.nnlab_sweeper in this same process
+SKIPPED: set[tuple[str, ...]] = set()
+_ACTIVE: "SweepCallback | None" = None
+
+
+class JobsFailed(RuntimeError):
+    """Some jobs of a sweep failed (the parent run's ``nnlab.failure`` tag)."""
+
+
+class SweepAborted(RuntimeError):
+    """The sweep stopped before its end (an error raised through Hydra)."""
+
+
+@dataclass
+class Plan:
+    """Every job of a grid: its overrides, validated config and fingerprint; the keys it varies."""
+
+    jobs: list[list[str]]
+    configs: list[DictConfig]
+    axes: list[str]
+    fingerprints: list[str]
+
+    @property
+    def key(self) -> str:
+        """The grid's identity: the same set of job configs gives the same key."""
+        return hashlib.sha256(",".join(sorted(set(self.fingerprints))).encode()).hexdigest()[:16]
+
+
+def sweep_run_name(sweep_id: str) -> str:
+    return f"sweep-{sweep_id}"
+
+
+def _refuse(message: str) -> None:
+    """One line on stderr and exit 2: refused before any run exists."""
+    sys.stderr.write(f"nnlab: {message} -- no run was created\n")
+    sys.exit(2)
+
+
+class SweepCallback(Callback):
+    """One MLflow parent run per multirun (rejoined on resume); jobs become its children."""
+
+    def __init__(self) -> None:
+        self.tracker: Tracker | None = None
+        self.parent: RunLogger | None = None
+        self.experiment_id = ""
+        self.sweep_dir: Path | None = None
+        self.plan: Plan | None = None
+        self.to_run: int | None = None
+        self.skipped = 0
+        self.done_before: set[str] = set()
+        self.started = time.monotonic()
+        self._exit = contextlib.ExitStack()
+        self._joblib = False
+        self._stop_file: Path | None = None
+
+    def __getstate__(self) -> dict:
+        # Hydra hands its callbacks to every job (pickled into joblib workers, Slurm jobs): they run
+        # no sweep of their own, so they get a blank one -- open runs, signal handlers and stores stay here
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+
+    # --- start ------------------------------------------------------------------------------
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns a callback's exceptions into warnings and carries on: every refusal exits here
+        global _ACTIVE
+        from hydra.errors import HydraException
+
+        try:
+            self.plan = _checked_plan(config)
+        except HydraException:
+            return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
+        from nnlab.workers import prestart, uses_joblib
+
+        self._joblib = uses_joblib(config)
+        _check_data(self.plan.configs if self.plan is not None else [config], load=not self._joblib)
+        self._open_experiment(config)
+        sweep_id, parent_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}", None
+        if self.plan is not None:
+            parent_id, sweep_id = self._plan_jobs(config, sweep_id)
+        self.sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        self._stop_file = self.sweep_dir / ".nnlab-stopping"
+        size = str(self.to_run) if self.to_run is not None else "?"
+        axes = self.plan.axes if self.plan is not None else []
+        # set before any worker starts: workers inherit the environment they were spawned with
+        os.environ.update({ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes), ENV_SWEEP_SIZE: size,
+                           ENV_STOP_FILE: str(self._stop_file)})
+        warming = prestart(config)  # joblib workers start and import while the parent run opens
+        try:
+            tags = {"sweep_id": sweep_id, ROLE_TAG: "sweep", "overrides": " ".join(config.hydra.overrides.task),
+                    "nnlab.sweep_axes": " ".join(axes), "nnlab.sweep_dir": str(self.sweep_dir),
+                    "nnlab.jobs": str(len(self.plan.jobs)) if self.plan is not None else "?"}
+            if self.plan is not None:
+                tags[SWEEP_KEY_TAG] = self.plan.key
+            if parent_id is not None:
+                self.parent = self.tracker.reopen(parent_id)
+                self.parent.set_tags({k: v for k, v in tags.items() if k != "sweep_id"})
+            else:
+                self.parent = self.tracker.start_run(self.experiment_id, sweep_run_name(sweep_id), tags)
+            self.parent.flush()
+        finally:
+            if warming is not None:
+                warming.join()
+        os.environ[ENV_PARENT] = self.parent.run_id  # in-process jobs; prestarted workers look it up
+        _ACTIVE = self
+        self._exit.enter_context(signals.raising(before=self._stopping))
+        atexit.register(self.abort, None)
+
+    def _open_experiment(self, config: DictConfig) -> None:
+        """Create the store and the experiment here, before any worker exists (or exit with one line)."""
+        try:
+            self.tracker = Tracker(config.tracking.uri)
+            self.experiment_id = self.tracker.experiment_id(config.tracking.experiment)
+        except Exception as err:
+            _refuse(f"cannot use the MLflow store {resolve_uri(config.tracking.uri)}: "
+                    f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
+
+    def _plan_jobs(self, config: DictConfig, sweep_id: str) -> tuple[str | None, str]:
+        """Which jobs run: all, or with ``resume=true`` those without a FINISHED run. Returns the
+        parent to rejoin (or None) and the sweep id the jobs carry."""
+        plan = self.plan
+        done = finished_fingerprints(self.tracker, self.experiment_id)
+        finished = [i for i, fp in enumerate(plan.fingerprints) if fp in done]
+        parent_id = None
+        SKIPPED.clear()
+        if config.get("resume"):
+            previous = self.tracker.search(self.experiment_id, f"tags.`{SWEEP_KEY_TAG}` = '{plan.key}'", max_results=1)
+            if previous:
+                parent_id = previous[0].info.run_id
+                sweep_id = previous[0].data.tags.get("sweep_id", sweep_id)
+            stale = mark_stale(self.tracker, self.experiment_id, keep={parent_id})
+            SKIPPED.update(tuple(plan.jobs[i]) for i in finished)
+            self.done_before = {plan.fingerprints[i] for i in finished}
+            self.skipped = len(finished)
+            joined = f", rejoining parent run {parent_id}" if parent_id else ""
+            cleaned = f"; {stale} stale RUNNING run(s) marked KILLED" if stale else ""
+            print(f"nnlab: resume: {len(finished)} skipped (FINISHED before), {len(plan.jobs) - len(finished)} "
+                  f"to run{joined}{cleaned}", file=sys.stderr, flush=True)
+        elif finished:
+            rest = len(plan.jobs) - len(finished)
+            hint = f"to run only the other {rest}, add resume=true" if rest else "resume=true would run none of them"
+            print(f"nnlab: {len(finished)} of {len(plan.jobs)} jobs of this sweep already have a FINISHED run in "
+                  f"experiment {config.tracking.experiment!r}; running all {len(plan.jobs)} again ({hint})",
+                  file=sys.stderr, flush=True)
+        self.to_run = len(plan.jobs) - len(SKIPPED)
+        return parent_id, sweep_id
+
+    # --- signals ----------------------------------------------------------------------------
+    def _stopping(self, signum: int) -> None:
+        """First thing on SIGINT/SIGTERM: no new job starts; parallel workers are told and given
+        ``WORKER_GRACE_SECONDS`` to close their runs before the launcher kills them."""
+        if self._stop_file is not None:
+            with contextlib.suppress(OSError):
+                self._stop_file.parent.mkdir(parents=True, exist_ok=True)
+                self._stop_file.touch()
+        if self._joblib:
+            from nnlab.workers import signal_workers
+
+            signal_workers(signum, grace=WORKER_GRACE_SECONDS, settled=self._no_child_running)
+
+    def _no_child_running(self) -> bool:
+        try:
+            return not any(r.info.status == "RUNNING" for r in self._children())
+        except Exception:  # the store is gone: nothing to wait for
+            return True
+
+    # --- end --------------------------------------------------------------------------------
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        failed = self.close()
+        if failed:
+            sys.exit(1)
+
+    def abort(self, error: BaseException | None) -> int:
+        """The sweep ends early (a signal, or an error raised through Hydra): close it."""
+        return self.close(aborted=error if error is not None else SweepAborted("the sweep stopped before all jobs ran"))
+
+    def close(self, aborted: BaseException | None = None) -> int:
+        """Close the parent once; print the sweep's summary and the UI hint. Returns #jobs not finished."""
+        global _ACTIVE
+        if self.parent is None or self.parent.status != "RUNNING":
+            return 0
+        with self._exit:  # signal handlers back to what they were, whatever happens below
+            if self._joblib:
+                from nnlab.workers import stop
+
+                stop()  # every job has returned (or the sweep is aborting): release the worker processes
+            for key in _ENV:
+                os.environ.pop(key, None)
+            reason = signals.signal_of(aborted) if aborted is not None else None
+            children = self._children()
+            for run in children:
+                if run.info.status == "RUNNING":  # its worker was killed before it could close it
+                    why = signals.Interrupted(reason).name if reason else "interrupted"
+                    self.tracker.mark_ended(run.info.run_id, "KILLED" if reason else "FAILED", why)
+                    run.info._status = "KILLED" if reason else "FAILED"
+            summary = summarize(children, self.plan.fingerprints if self.plan else None, aborted is not None,
+                                self.done_before)
+            self.parent.set_tags({"nnlab.jobs_finished": summary.finished, "nnlab.jobs_failed": summary.failed,
+                                  "nnlab.jobs_not_run": summary.not_run if aborted else 0})
+            if self.sweep_dir is not None:
+                self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
+            error = aborted if aborted is not None else (
+                JobsFailed(f"{summary.failed} of {summary.total} jobs failed") if summary.failed else None)
+            self.parent.close(error)
+            print(summary.text(self.parent.run_id, aborted, self.skipped, time.monotonic() - self.started),
+                  file=sys.stderr)
+            if aborted is not None and self.plan is not None and summary.not_run + summary.failed:
+                print(f"  resume with:  {resume_command()}", file=sys.stderr)
+            print(ui_hint(self.tracker.uri, self.experiment_id), file=sys.stderr, flush=True)
+            if self._stop_file is not None:
+                with contextlib.suppress(OSError):
+                    self._stop_file.unlink()
+        _ACTIVE = None
+        return summary.failed + (summary.not_run if aborted else 0)
+
+    def _children(self) -> list:
+        return self.tracker.children(self.experiment_id, self.parent.run_id)
+
+
+def abort_active(error: BaseException | None) -> bool:
+    """Close the sweep this process is running, if any (``nnlab.run``'s CLI, on an interrupt)."""
+    if _ACTIVE is None:
+        return False
+    _ACTIVE.abort(error)
+    return True
+
+
+def resume_command() -> str:
+    """The command line that started this process, with ``resume=true``."""
+    args = [a for a in sys.argv[1:] if not a.startswith("resume=")]
+    return shlex.join(["python", "-m", "nnlab.run", *args, "resume=true"])
+
+
+# --- the record of earlier attempts ----------------------------------------------------------------
+def finished_fingerprints(tracker: Tracker, experiment_id: str) -> set[str]:
+    """Fingerprints of every FINISHED run of the experiment."""
+    runs = tracker.search(experiment_id, "attributes.status = 'FINISHED'")
+    return {r.data.tags[FINGERPRINT_TAG] for r in runs if FINGERPRINT_TAG in r.data.tags}
+
+
+def process_alive(pid: int) -> bool:
+    """Whether a process with this id exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def stale_runs(tracker: Tracker, experiment_id: str, all_hosts: bool = False,
+               older_than_s: float | None = None) -> list:
+    """RUNNING runs whose process is gone: on this host, the recorded pid no longer exists; on
+    another host (``all_hosts``) or without a recorded pid, only runs started over ``older_than_s``
+    seconds ago count (nothing else can be known from here)."""
+    host, now = socket.gethostname(), time.time()
+    stale = []
+    for run in tracker.search(experiment_id, "attributes.status = 'RUNNING'"):
+        tags = run.data.tags
+        old = older_than_s is not None and (now - run.info.start_time / 1000) > older_than_s
+        if tags.get(HOST_TAG) == host and tags.get(PID_TAG, "").isdigit():
+            if not process_alive(int(tags[PID_TAG])) or (old and all_hosts):
+                stale.append(run)
+        elif old and (all_hosts or HOST_TAG not in tags):
+            stale.append(run)
+    return stale
+
+
+def mark_stale(tracker: Tracker, experiment_id: str, keep: set = frozenset(), **kwargs: Any) -> int:
+    """Mark every stale RUNNING run (see ``stale_runs``) KILLED, ``nnlab.failure=stale``; returns how many."""
+    runs = [r for r in stale_runs(tracker, experiment_id, **kwargs) if r.info.run_id not in keep]
+    for run in runs:
+        tracker.mark_ended(run.info.run_id, "KILLED", "stale")
+    return len(runs)
+
+
+@dataclass
+class Summary:
+    """A sweep's jobs by outcome: de-duplicated by fingerprint over every attempt."""
+
+    finished_runs: list
+    failed_runs: list  # a None: a job that failed before its run was created
+    total: int
+    not_run: int
+    finished_before: int = 0  # skipped on resume: FINISHED runs outside this parent
+
+    @property
+    def finished(self) -> int:
+        return len(self.finished_runs) + self.finished_before
+
+    @property
+    def failed(self) -> int:
+        return len(self.failed_runs)
+
+    def text(self, parent_id: str, aborted: BaseException | None, skipped: int, seconds: float) -> str:
+        """A few lines: counts, the best finished run, each failed run with its reason."""
+        signum = signals.signal_of(aborted) if aborted is not None else None
+        state = f"stopped by {signals.Interrupted(signum).name}" if signum else ("aborted" if aborted else "done")
+        counts = [f"{self.finished} finished" + (f" ({skipped} skipped: FINISHED before)" if skipped else ""),
+                  f"{self.failed} failed"]
+        if aborted is not None:
+            counts.append(f"{self.not_run} not run")
+        lines = [f"sweep {state}: {', '.join(counts)} -- of {self.total} jobs, in {seconds:.0f}s "
+                 f"(parent run {parent_id})"]
+        scored = [r for r in self.finished_runs if "test_acc" in r.data.metrics]
+        if scored:
+            best = max(scored, key=lambda r: r.data.metrics["test_acc"])
+            lines.append(f"  best: {best.info.run_name}  test_acc={best.data.metrics['test_acc']:.4f}")
+        for run in self.failed_runs:
+            if run is None:
+                continue
+            tags = run.data.tags
+            why = tags.get(FAILURE_TAG, "interrupted")
+            if why == "diverged":
+                why += f" at epoch {tags.get('nnlab.failure_epoch', '?')}"
+            lines.append(f"  {run.info.status} {run.info.run_name}: {why}")
+        unknown = sum(r is None for r in self.failed_runs)
+        if unknown:
+            lines.append(f"  {unknown} job(s) failed before their run was created: see the log above")
+        return "\n".join(lines)
+
+
+def summarize(children: list, fingerprints: list[str] | None, aborted: bool = False,
+              done_before: set[str] = frozenset()) -> Summary:
+    """Outcome per job: finished if any attempt FINISHED (among ``children``, newest first, or
+    ``done_before``); else its latest attempt failed; else not run (an aborted sweep) or failed
+    before its run existed."""
+    by_fp: dict[str, list] = {}
+    for run in children:  # newest first
+        by_fp.setdefault(run.data.tags.get(FINGERPRINT_TAG, run.info.run_id), []).append(run)
+    if fingerprints is None:  # sweepers nnlab cannot plan: one job per run
+        fingerprints = list(by_fp)
+    finished, failed, not_run, before = [], [], 0, 0
+    for fp in dict.fromkeys(fingerprints):
+        attempts = by_fp.get(fp, [])
+        done = [r for r in attempts if r.info.status == "FINISHED"]
+        if done:
+            finished.append(done[0])
+        elif fp in done_before:
+            before += 1
+        elif attempts:
+            failed.append(attempts[0])
+        elif aborted:
+            not_run += 1
+        else:
+            failed.append(None)
+    return Summary(finished, failed, len(dict.fromkeys(fingerprints)), not_run, before)
+
+
+# --- checks before any run exists ----------------------------------------------------------------
+def _checked_plan(config: DictConfig) -> Plan | None:
+    """Every job of the grid, validated (exits 2 with one line on a refused config); None for
+    sweepers other than the grid."""
+    from nnlab.config import ConfigError, check_added_keys, fingerprint, sweep_jobs, validate, varying_keys
+
+    try:
+        check_added_keys(config.hydra.overrides.task)
+        plan = sweep_jobs(config)
+        if plan is None:
+            validate(config)  # at least the keys no sweep changes (each job validates itself too)
+            return None
+    except ConfigError as err:
+        _refuse(str(err))
+    jobs, configs = plan
+    return Plan(jobs, configs, varying_keys(jobs), [fingerprint(c) for c in configs])
+
+
+def _check_data(configs: list[DictConfig], load: bool) -> None:
+    """Every dataset the sweep uses is there, before any run exists (else one line and exit 2).
+
+    ``load``: in-process jobs share this process's dataset cache, so load (and split) each dataset
+    here, once; parallel workers load their own, so only check the files (no scikit-learn import).
+    """
+    from nnlab.config import dataset_kwargs
+    from nnlab.data import check_dataset, load_shared
+
+    seen: set[tuple] = set()
+    for cfg in configs:
+        kwargs = dataset_kwargs(cfg)
+        key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            (load_shared if load else check_dataset)(**kwargs)
+        except Exception as err:  # a missing file, a truncated .npz, a file that is not what it claims
+            _refuse(f"dataset={kwargs['name']} cannot be loaded: {(str(err).splitlines() or [type(err).__name__])[0]}")
+
+
+# --- what a job knows --------------------------------------------------------------------------
+def job_context() -> dict[str, Any]:
+    """What Hydra and the sweep know about the current job (empty when ``train`` runs without Hydra)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return {}
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    output = Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None
+    return {
+        "cwd": hc.runtime.cwd,  # where the command ran: ./mlflow.db is there even with hydra.job.chdir=True
+        "choices": OmegaConf.to_container(hc.runtime.choices),
+        "overrides": list(hc.overrides.task),
+        "multirun": multirun,
+        "job_num": int(hc.job.num) if multirun else 0,
+        "launcher": str(OmegaConf.select(hc, "launcher._target_", default="")),
+        "hydra_dir": output,
+        "parent_id": os.environ.get(ENV_PARENT) if multirun else None,
+        "sweep_id": os.environ.get(ENV_SWEEP_ID) if multirun else None,
+        "sweep_size": os.environ.get(ENV_SWEEP_SIZE, "?") if multirun else "1",
+        "varying": [k for k in os.environ.get(ENV_SWEEP_KEYS, "").split(",") if k] if multirun else [],
+        "stop_file": os.environ.get(ENV_STOP_FILE) if multirun else None,
+    }
