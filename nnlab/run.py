@@ -214,7 +214,7 @@ def main(cfg: DictConfig) -> float | None:
 
 def _hydra_error_line(err: BaseException) -> str:
     """Hydra's own refusals (an unknown override, a missing option, a malformed YAML) in one line."""
-    text = " ".join(str(err).split())
+    text = " ".join(str(err).split()).split(" Config search path:")[0]  # Hydra's search path: noise here
     if err.__cause__ is not None and str(err.__cause__).strip():
         text += f" ({' '.join(str(err.__cause__).split())})"
     return f"nnlab: {text[:400] or type(err).__name__} -- no run was created"

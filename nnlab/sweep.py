@@ -285,14 +285,18 @@ def finished_fingerprints(tracker: Tracker, experiment_id: str) -> set[str]:
 
 
 def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this machine."""
+    """Whether a Python process with this id runs on this machine (a recycled pid of another
+    program does not count, where /proc tells)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # exists, owned by someone else
+        pass
+    try:
+        return b"python" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # no /proc (macOS): the pid exists, that is all one can say
         return True
-    return True
 
 
 def stale_runs(tracker: Tracker, experiment_id: str, all_hosts: bool = False,
@@ -306,7 +310,7 @@ def stale_runs(tracker: Tracker, experiment_id: str, all_hosts: bool = False,
         tags = run.data.tags
         old = older_than_s is not None and (now - run.info.start_time / 1000) > older_than_s
         if tags.get(HOST_TAG) == host and tags.get(PID_TAG, "").isdigit():
-            if not process_alive(int(tags[PID_TAG])) or (old and all_hosts):
+            if not process_alive(int(tags[PID_TAG])):
                 stale.append(run)
         elif old and (all_hosts or HOST_TAG not in tags):
             stale.append(run)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,12 +29,13 @@ from mlflow.tracking import MlflowClient
 PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "nnlab.failure"
 SWEEP_TAG = "sweep_id"
+FINGERPRINT_TAG = "nnlab.fingerprint"  # the same config run twice carries the same fingerprint
 GROUP_PARAMS = ("init", "activation", "optimizer", "dataset")
 FINAL_METRICS = ("test_loss", "test_acc", "best_val_acc", "epochs_run", "train_seconds")
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
 LAYER_STATS = ("grad_norm", "act_mean", "act_std", "act_saturation")
 RUN_COLUMNS = ("run_id", "run_name", "status", "failed", "failure", "parent_run_id", "sweep_id",
-               "start_time", "end_time")
+               "fingerprint", "start_time", "end_time")
 _LAYER_RE = re.compile(r"^(?P<stat>" + "|".join(LAYER_STATS) + r")/layer_(?P<layer>\d+)$")
 _PAGE = 1000
 
@@ -181,8 +183,10 @@ def _run_row(run: Run, metric_names: Sequence[str]) -> dict[str, object]:
     failure = tags.get(FAILURE_TAG)
     row: dict[str, object] = {
         "run_id": info.run_id, "run_name": info.run_name, "status": info.status,
-        "failed": info.status == "FAILED" or failure is not None, "failure": failure,
+        # anything but FINISHED (FAILED, KILLED, still RUNNING) stays out of the aggregates
+        "failed": info.status != "FINISHED" or failure is not None, "failure": failure,
         "parent_run_id": tags.get(PARENT_TAG), "sweep_id": tags.get(SWEEP_TAG),
+        "fingerprint": tags.get(FINGERPRINT_TAG, info.run_id),
         "start_time": pd.to_datetime(info.start_time, unit="ms", utc=True),
         "end_time": pd.to_datetime(info.end_time, unit="ms", utc=True) if info.end_time else pd.NaT,
     }
@@ -224,9 +228,36 @@ def load_runs(experiment: str, tracking_uri: str | None = None, *, client: Mlflo
         raise AnalysisError(f"experiment {experiment!r} has no runs in {client.tracking_uri!r}; "
                             f"run its study first (python -m nnlab.run -m +experiment=...)")
     require = list(require)
-    frame = runs_frame(runs, tuple(dict.fromkeys(list(FINAL_METRICS + EPOCH_METRICS) + require)))
+    frame = latest_per_config(runs_frame(runs, tuple(dict.fromkeys(list(FINAL_METRICS + EPOCH_METRICS) + require))))
     check_metrics(frame, require, experiment)
     return frame
+
+
+class DuplicateRunsWarning(UserWarning):
+    """The experiment holds the same configuration more than once; only the latest run is kept."""
+
+
+def latest_per_config(runs: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration (``fingerprint``): its latest FINISHED run, else its latest run.
+
+    A sweep re-run without ``resume=true``, or a resumed job that had been half-run, leaves the same
+    configuration twice; counted twice it would read as two seeds and shrink every interval. Warns
+    (``DuplicateRunsWarning``) with how many rows were dropped; ``frame.attrs["duplicates_dropped"]``
+    holds the number.
+    """
+    if runs.empty:
+        return runs
+    order = runs.assign(_finished=runs["status"].eq("FINISHED"), _start=runs["start_time"])
+    order = order.sort_values(["fingerprint", "_finished", "_start"], ascending=[True, False, False], kind="stable")
+    kept = order.drop_duplicates("fingerprint").drop(columns=["_finished", "_start"])
+    kept = runs.loc[runs.index.isin(kept.index)].reset_index(drop=True)
+    dropped = len(runs) - len(kept)
+    kept.attrs["duplicates_dropped"] = dropped
+    if dropped:
+        warnings.warn(f"{dropped} run(s) repeat a configuration already in the experiment (same nnlab.fingerprint): "
+                      "kept the latest FINISHED run of each, so no configuration counts as two seeds",
+                      DuplicateRunsWarning, stacklevel=2)
+    return kept
 
 
 def check_metrics(runs: pd.DataFrame, metrics: Iterable[str], experiment: str = "") -> None:
@@ -305,10 +336,13 @@ def load_history(experiment: str, tracking_uri: str | None = None, *, metrics: S
     """Per-epoch metrics of the training runs of ``experiment`` as rows ``run_id, metric, step, value``.
 
     ``metrics`` selects names or glob patterns (``["val_acc", "grad_norm/*"]``; default: all);
-    ``run_ids`` restricts to some runs. Steps are epochs, 0 = at initialisation.
+    ``run_ids`` restricts to some runs (default: the runs ``load_runs`` keeps, one per configuration).
+    Steps are epochs, 0 = at initialisation.
     """
     client = _client(client, tracking_uri)
     runs = training_runs(search_all_runs(client, get_experiment_id(client, experiment)))
+    if run_ids is None and runs:  # one run per configuration, as in load_runs
+        run_ids = latest_per_config(runs_frame(runs, ()))["run_id"]
     if run_ids is not None:
         wanted = set(run_ids)
         runs = [r for r in runs if r.info.run_id in wanted]
