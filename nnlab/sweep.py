@@ -71,6 +71,10 @@ class Plan:
         return hashlib.sha256(",".join(sorted(set(self.fingerprints))).encode()).hexdigest()[:16]
 
 
+def _first_line(err: BaseException) -> str:
+    return (str(err).splitlines() or [""])[0][:300]
+
+
 def sweep_run_name(sweep_id: str) -> str:
     return f"sweep-{sweep_id}"
 
@@ -108,7 +112,21 @@ class SweepCallback(Callback):
 
     # --- start ------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Hydra turns a callback's exceptions into warnings and carries on: every refusal exits here
+        # Hydra turns a callback's exceptions into warnings and carries on (a sweep with no parent,
+        # exit 0): every failure here ends the command with one line and a non-zero status
+        try:
+            self._start(config)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            if self.parent is None:
+                _refuse(f"the sweep could not start: {type(err).__name__}: {_first_line(err)}")
+            with contextlib.suppress(Exception):
+                self.abort(err)
+            sys.stderr.write(f"nnlab: the sweep could not start: {type(err).__name__}: {_first_line(err)}\n")
+            sys.exit(1)
+
+    def _start(self, config: DictConfig) -> None:
         global _ACTIVE
         from hydra.errors import HydraException
 
@@ -159,7 +177,7 @@ class SweepCallback(Callback):
             self.experiment_id = self.tracker.experiment_id(config.tracking.experiment)
         except Exception as err:
             _refuse(f"cannot use the MLflow store {resolve_uri(config.tracking.uri)}: "
-                    f"{type(err).__name__}: {(str(err).splitlines() or [''])[0]}")
+                    f"{type(err).__name__}: {_first_line(err)}")
 
     def _plan_jobs(self, config: DictConfig, sweep_id: str) -> tuple[str | None, str]:
         """Which jobs run: all, or with ``resume=true`` those without a FINISHED run. Returns the
@@ -212,7 +230,13 @@ class SweepCallback(Callback):
 
     # --- end --------------------------------------------------------------------------------
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        failed = self.close()
+        try:
+            failed = self.close()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as err:  # e.g. the store went away: Hydra would print a warning and exit 0
+            sys.stderr.write(f"nnlab: the sweep could not be closed: {type(err).__name__}: {_first_line(err)}\n")
+            sys.exit(1)
         if failed:
             sys.exit(1)
 

@@ -226,3 +226,36 @@ def test_analysis_keeps_the_latest_finished_run_of_each_configuration(tmp_path):
         warnings.simplefilter("ignore", DuplicateRunsWarning)
         history = load_history("dup", uri)
     assert set(history["run_id"]) == {ids["a-again"], ids["b"]}
+
+
+# --- a failing callback is a failing command ---------------------------------------------------------
+def test_a_sweep_whose_close_fails_exits_1_instead_of_hydras_warning(capsys):
+    """Hydra turns a callback's exception into a warning: nnlab's callback must exit by itself."""
+    from nnlab.sweep import SweepCallback
+
+    class Parent:
+        status, run_id = "RUNNING", "p"
+
+    class BrokenStore:
+        def __getattr__(self, name):
+            raise OSError("disk I/O error")
+
+    callback = SweepCallback()
+    callback.parent, callback.tracker = Parent(), BrokenStore()
+    with pytest.raises(SystemExit) as exit_:
+        callback.on_multirun_end(config=None)
+    assert exit_.value.code == 1
+    assert "nnlab: the sweep could not be closed: OSError: disk I/O error" in capsys.readouterr().err
+
+
+def test_a_sweep_that_cannot_start_exits_2_before_any_run(monkeypatch, capsys):
+    from nnlab import sweep
+
+    def broken(config):
+        raise RuntimeError("the store said no")
+
+    monkeypatch.setattr(sweep, "_checked_plan", broken)
+    with pytest.raises(SystemExit) as exit_:
+        sweep.SweepCallback().on_multirun_start(config=None)
+    assert exit_.value.code == 2
+    assert "the sweep could not start: RuntimeError: the store said no -- no run was created" in capsys.readouterr().err
