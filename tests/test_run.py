@@ -181,3 +181,36 @@ def test_a_process_that_runs_a_job_freezes_its_start_up_heap(tmp_path, args, fro
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[-1] == f"frozen {frozen}"
+
+
+def test_the_record_says_which_config_and_which_process_and_how_many_blas_threads(make_cfg):
+    import os
+    import socket
+
+    from nnlab.config import fingerprint
+
+    cfg = make_cfg("trainer.epochs=1", "model.width=8", "blas_threads=null")
+    train(cfg)
+    (run,) = runs(make_cfg.client)
+    tags = run.data.tags
+    assert tags["nnlab.fingerprint"] == fingerprint(cfg)
+    assert (tags["nnlab.host"], tags["nnlab.pid"]) == (socket.gethostname(), str(os.getpid()))
+    assert tags["nnlab.blas_threads"].startswith("default (") and tags["nnlab.blas_threads"][9:-1].isdigit()
+    assert "resume" not in run.data.params  # how a sweep runs is not a hyperparameter
+    train(make_cfg("trainer.epochs=1", "model.width=8", "blas_threads=1", "seed=1"))
+    assert {r.data.tags["nnlab.blas_threads"] for r in runs(make_cfg.client)} == {"1", tags["nnlab.blas_threads"]}
+
+
+def test_params_and_tags_are_stored_when_the_run_starts(make_cfg, monkeypatch):
+    """A run killed in its first second is still found, with its config."""
+    seen = {}
+
+    def stop_at_once(*args, **kwargs):
+        (run,) = runs(make_cfg.client)  # read back from the store before any epoch
+        seen.update(params=run.data.params, tags=run.data.tags)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(nnlab.core, "fit", stop_at_once)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_cfg("trainer.epochs=1", "model.width=8", "tracking.flush_seconds=3600"))
+    assert seen["params"]["model.width"] == "8" and "nnlab.fingerprint" in seen["tags"]
