@@ -196,3 +196,22 @@ def test_record_names():
     assert names == expected
     with pytest.raises(ValueError, match="have none"):
         T.predict("tanh", [64, 10], 1.0, 0.0, 1.0)
+
+
+# --- the variance_scaling initialiser -----------------------------------------------------------
+def test_variance_scaling_draws_weights_and_biases_others_keep_zero_bias():
+    model = MLP([300, 2000, 10], "tanh", "variance_scaling", init_params={"sigma_w": 1.5, "sigma_b": 0.4}, seed=0,
+                dtype=np.float64)
+    w, b = model.layers[0].W, model.layers[0].b
+    assert np.std(w) * np.sqrt(300) == pytest.approx(1.5, rel=0.01)
+    assert np.std(b) == pytest.approx(0.4, rel=0.05) and abs(np.mean(b)) < 0.03
+    for name in sorted(set(INITIALIZERS) - {"variance_scaling"}):
+        assert all(not layer.b.any() for layer in MLP([5, 7, 3], "tanh", name, seed=0).layers), name
+    # sigma_b = 0 draws nothing: the same weights as a model without biases to draw
+    a = MLP([5, 7, 7, 3], "tanh", "variance_scaling", init_params={"sigma_w": 1.0}, seed=3)
+    c = MLP([5, 7, 7, 3], "tanh", "lecun", seed=3)
+    assert all(np.array_equal(x, y) for x, y in zip(a.weights, c.weights))
+    with pytest.raises(ValueError, match="sigma_w must be > 0, got 0"):
+        MLP([5, 3], "tanh", "variance_scaling", init_params={"sigma_w": 0.0})
+    with pytest.raises(ValueError, match="sigma_b must be >= 0, got -1"):
+        MLP([5, 3], "tanh", "variance_scaling", init_params={"sigma_b": -1.0})

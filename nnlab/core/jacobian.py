@@ -19,6 +19,7 @@ import numpy as np
 from .network import MLP
 
 Array = np.ndarray
+SV_FLOOR = 1e-7  # relative: sqrt(float64 eps) ~ 1.5e-8 is the Gram matrix's rounding floor
 
 
 def hidden_jacobians(model: MLP, x: Array) -> Array:
@@ -46,12 +47,15 @@ def jacobian_singular_values(model: MLP, x: Array) -> Array:
     ascending.
 
     Computed as the square roots of the eigenvalues of the smaller Gram matrix (J J^T or J^T J)
-    in float64: about half the cost of an SVD, and accurate to ~1e-8 of the largest singular value.
+    in float64: about half the cost of an SVD, and accurate to ~1e-8 of the largest singular value;
+    values below ``SV_FLOOR`` times the largest (of the same input) are that rounding, reported as 0
+    (e.g. the rows of dead ReLU units).
     """
     jac = hidden_jacobians(model, x).astype(np.float64)
     t = jac.transpose(0, 2, 1)
     gram = jac @ t if jac.shape[1] <= jac.shape[2] else t @ jac
-    return np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))
+    sv = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))
+    return np.where(sv < SV_FLOOR * sv[:, -1:], 0.0, sv)
 
 
 def jacobian_stats(model: MLP, x_probe: Array) -> dict[str, float]:
