@@ -40,7 +40,7 @@ def test_signal_propagation_report_draws_the_theory(study_uri, tmp_path):
     expected = {*FIGURES, *THEORY_FIGURES, *TRAINABILITY_FIGURE, "index.md"}
     assert {p.name for p in out.iterdir()} == expected
     index = (out / "index.md").read_text()
-    assert "of the mean-field prediction" in index and "6 xi_c" in index
+    assert "differs from the mean-field prediction by" in index and "6 xi_c" in index
     assert "theory's critical point: sigma_w^2 = 1.76" in index
 
 

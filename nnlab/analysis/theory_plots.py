@@ -279,9 +279,10 @@ def theory_reading(history: pd.DataFrame, runs: pd.DataFrame, design: Design) ->
         part = errors[errors["stat"] == stat]
         med = float(np.median(np.abs(part["rel_error"])))
         worst = part.loc[part["rel_error"].abs().idxmax()]
-        out.append(f"At initialisation the measured {words} is within {med:.1%} of the mean-field prediction "
+        out.append(f"At initialisation the measured {words} differs from the mean-field prediction by {med:.1%} "
                    f"(median over {len(part)} run x layer pairs); the largest deviation is {worst['rel_error']:+.0%} "
                    f"(layer {int(worst['layer'])} of a {config_label(worst.to_frame().T, design.by).iloc[0]} run).")
+    out += gradient_reading(history, runs, design)
     chis = history[history["metric"] == "theory/chi_star"][["run_id", "value"]]
     chis = with_params(chis, runs, design.by)
     if len(chis):
@@ -291,3 +292,28 @@ def theory_reading(history: pd.DataFrame, runs: pd.DataFrame, design: Design) ->
         out.append(f"Predicted chi_1 at the fixed point (< 1: ordered, gradients shrink per layer; > 1: chaotic, they "
                    f"grow): {text}.")
     return out
+
+
+def gradient_reading(history: pd.DataFrame, runs: pd.DataFrame, design: Design) -> list[str]:
+    """Deepest networks: the gradient norm of layer 1 relative to the output layer's at initialisation,
+    measured (full-batch gradient) and predicted (``theory/grad_ratio/layer_1``), per configuration."""
+    from .design import deepest
+
+    init = at_step(history, "init")
+    measured = init[init["metric"].str.match(r"^grad_norm/layer_\d+$")].copy()
+    if measured.empty or not (init["metric"] == "theory/grad_ratio/layer_1").any():
+        return []
+    measured["layer"] = measured["metric"].str.rsplit("_", n=1).str[-1].astype("int64")
+    first = measured[measured["layer"] == 1].set_index("run_id")["value"]
+    last = measured.loc[measured.groupby("run_id")["layer"].idxmax()].set_index("run_id")["value"]
+    predicted = init[init["metric"] == "theory/grad_ratio/layer_1"].set_index("run_id")["value"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frame = pd.DataFrame({"measured": first / last, "predicted": predicted}).dropna().reset_index()
+    frame = with_params(frame, runs, design.by)
+    frame, suffix = deepest(frame, design)
+    by = [c for c in design.by if c != "model.depth"] or design.by
+    rows = frame.groupby(by, dropna=False)[["measured", "predicted"]].median().reset_index()
+    rows["label"] = config_label(rows, by)
+    cells = "; ".join(f"{r['label']} {r['measured']:.2g} vs {r['predicted']:.2g}" for _, r in rows.iterrows())
+    return [f"Gradient norm of layer 1 relative to the output layer at initialisation{suffix}, measured (full "
+            f"training batch) vs predicted (one example), median over seeds: {cells}."]
