@@ -144,13 +144,31 @@ def initial_spectra(runs: pd.DataFrame, n_inputs: int = 4) -> pd.DataFrame:
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["run_id", "sv"])
 
 
+def _scale(row: pd.Series) -> float:
+    """sigma_w^2 of a run whose init has a scale parameter (orthogonal gain^2, variance_scaling sigma_w^2)."""
+    for key in ("init.gain", "init.sigma_w"):
+        if key in row and pd.notna(row[key]):
+            return float(row[key]) ** 2
+    return math.nan
+
+
 def jacobian_spectrum(runs: pd.DataFrame, design: Design, n_inputs: int = 4) -> Figure:
     """Histogram of the Jacobian's singular values at initialisation (log x axis), pooled over seeds,
-    one panel per activation, one colour per configuration of the other factors."""
-    spectra = with_params(initial_spectra(runs, n_inputs), runs, [c for c in design.factors if c in runs.columns])
+    one panel per activation, one colour per configuration of the other factors (init and its
+    sigma_w^2 = gain^2 or sigma_w^2)."""
+    columns = [c for c in design.factors if c in runs.columns]
+    spectra = with_params(initial_spectra(runs, n_inputs), runs,
+                          list(dict.fromkeys([*columns, *[c for c in ("init", "init.gain", "init.sigma_w")
+                                                          if c in runs.columns]])))
     panel_col = "activation" if "activation" in spectra.columns and spectra["activation"].nunique() > 1 else None
-    others = [c for c in design.factors if c != panel_col and c in spectra.columns]
-    spectra["config"] = config_label(spectra, others) if others else "all runs"
+    scale_keys = ("init.gain", "init.sigma_w", "init.sigma_b", "init", panel_col)
+    others = [c for c in columns if c not in scale_keys]
+    scale = spectra.apply(_scale, axis=1)
+    label = spectra["init"].astype(str) if "init" in spectra.columns else pd.Series("", index=spectra.index)
+    label = label + np.where(scale.notna(), ", sigma_w^2 " + scale.round(3).map("{:g}".format), "")
+    if others:
+        label = label + " / " + config_label(spectra, others)
+    spectra["config"] = label
     panels = levels(spectra, panel_col) if panel_col else [None]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4.0), squeeze=False,
                              layout="constrained")
