@@ -8,6 +8,7 @@ import math
 import re
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -87,6 +88,10 @@ def measured_vs_predicted(history: pd.DataFrame, runs: pd.DataFrame, design: Des
             ax.set_yscale("log")
             ax.set_xlim(lo, hi)
             ax.set_ylim(lo, hi)
+            for axis in (ax.xaxis, ax.yaxis):
+                axis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+                axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+                axis.set_minor_formatter(ticker.NullFormatter())
             err = np.median(np.abs(part["measured"] / part["theory"] - 1))
             ax.set_title(f"{label}: median |error| {err:.1%} ({len(part)} layers)", fontsize=10)
         ax.set_xlabel("predicted by mean-field theory")
@@ -139,7 +144,7 @@ def initial_spectra(runs: pd.DataFrame, n_inputs: int = 4) -> pd.DataFrame:
         model = MLP.from_shape(data.n_features, data.n_classes, **_model_args(row))
         if model.depth == 0:
             continue
-        sv = jacobian_singular_values(model, data.x_train[:n_inputs]).ravel()
+        sv = jacobian_singular_values(model, data.x_train[:n_inputs], exact=True).ravel()
         out.append(pd.DataFrame({"run_id": row["run_id"], "sv": sv}))
     return pd.concat(out, ignore_index=True) if out else pd.DataFrame(columns=["run_id", "sv"])
 
@@ -155,8 +160,13 @@ def _scale(row: pd.Series) -> float:
 def jacobian_spectrum(runs: pd.DataFrame, design: Design, n_inputs: int = 4) -> Figure:
     """Histogram of the Jacobian's singular values at initialisation (log x axis), pooled over seeds,
     one panel per activation, one colour per configuration of the other factors (init and its
-    sigma_w^2 = gain^2 or sigma_w^2)."""
+    sigma_w^2 = gain^2 or sigma_w^2); with depth as a factor, the deepest networks only."""
+    from .design import deepest
+
     columns = [c for c in design.factors if c in runs.columns]
+    if "model.depth" in columns and runs["model.depth"].nunique() > 1:
+        runs = runs[runs["model.depth"] == runs["model.depth"].max()]
+        columns.remove("model.depth")
     spectra = with_params(initial_spectra(runs, n_inputs), runs,
                           list(dict.fromkeys([*columns, *[c for c in ("init", "init.gain", "init.sigma_w")
                                                           if c in runs.columns]])))
@@ -170,29 +180,30 @@ def jacobian_spectrum(runs: pd.DataFrame, design: Design, n_inputs: int = 4) -> 
         label = label + " / " + config_label(spectra, others)
     spectra["config"] = label
     panels = levels(spectra, panel_col) if panel_col else [None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels) + 1.5, 4.0), squeeze=False,
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels) + 0.5, 4.4), squeeze=False,
                              layout="constrained")
-    positive = spectra[spectra["sv"] > 0]
-    lo, hi = np.log10(positive["sv"].min()), np.log10(positive["sv"].max())
-    bins = np.logspace(math.floor(lo * 2) / 2, math.ceil(hi * 2) / 2, 50)
     configs = levels(spectra, "config")
     colors = dict(zip(configs, sns.color_palette("colorblind", len(configs))))
     for ax, panel in zip(axes[0], panels):
         part = spectra if panel is None else spectra[spectra[panel_col] == panel]
+        positive = part.loc[part["sv"] > 0, "sv"]
+        lo, hi = np.log10(positive.min()), np.log10(positive.max())
+        bins = np.logspace(math.floor(lo * 2) / 2, math.ceil(hi * 2) / 2 + 1e-9, 40)
         for config in configs:
             sv = part.loc[(part["config"] == config) & (part["sv"] > 0), "sv"]
             zeros = int(((part["config"] == config) & (part["sv"] <= 0)).sum())
             if len(sv):
                 label = f"{config}" + (f" (+{zeros} zero)" if zeros else "")
-                ax.hist(sv, bins=bins, histtype="step", lw=1.6, color=colors[config], label=label, density=False)
+                ax.hist(sv, bins=bins, histtype="step", lw=1.6, color=colors[config], label=label)
         ax.axvline(1.0, color="grey", ls=":", lw=1)
         ax.set_xscale("log")
         ax.set_xlabel("singular value of d a^L / d x")
         ax.set_ylabel("count (all seeds and probe inputs)")
         ax.set_title(f"{panel_col} = {panel}" if panel is not None else "", fontsize=10)
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=7, frameon=False, loc="upper left")
         ax.grid(alpha=0.3)
-    fig.suptitle("Jacobian singular values at initialisation (dotted: 1 = isometry)")
+    depth = f", depth {int(runs['model.depth'].iloc[0])}" if runs["model.depth"].nunique() == 1 else ""
+    fig.suptitle(f"Jacobian singular values at initialisation{depth} (dotted: 1 = isometry; exact SVD)")
     return fig
 
 
@@ -234,7 +245,7 @@ def trainability_heatmap(runs: pd.DataFrame, metric: str = "test_acc") -> Figure
     sw2, depths = table.columns.to_numpy(float), table.index.to_numpy(float)
     activation = str(runs["activation"].iloc[0])
     sigma_b2 = float(runs["init.sigma_b"].astype(float).iloc[0]) ** 2
-    fig, ax = plt.subplots(figsize=(8.4, 5.2), layout="constrained")
+    fig, ax = plt.subplots(figsize=(8.4, 5.6), layout="constrained")
     mesh = ax.pcolormesh(_edges(sw2, False), _edges(depths, True), table.to_numpy(), cmap="viridis", vmin=0, vmax=1)
     for i, d in enumerate(depths):
         for j, s in enumerate(sw2):
@@ -245,7 +256,7 @@ def trainability_heatmap(runs: pd.DataFrame, metric: str = "test_acc") -> Figure
     fine = np.linspace(_edges(sw2, False)[0], _edges(sw2, False)[-1], 300)
     critical, six_xi = theory_lines(activation, sigma_b2, fine)
     ax.plot(fine, six_xi, color="red", lw=2, label=r"$6\,\xi_c$ (theory)")
-    ax.axvline(critical, color="white", ls="--", lw=1.5, label=rf"$\chi_1 = 1$ ($\sigma_w^2$ = {critical:.2f})")
+    ax.axvline(critical, color="black", ls="--", lw=1.5, label=rf"$\chi_1 = 1$ ($\sigma_w^2$ = {critical:.2f})")
     ax.set_yscale("log")
     ax.set_ylim(_edges(depths, True)[0], _edges(depths, True)[-1])
     ax.set_xlim(_edges(sw2, False)[0], _edges(sw2, False)[-1])
@@ -255,7 +266,7 @@ def trainability_heatmap(runs: pd.DataFrame, metric: str = "test_acc") -> Figure
     ax.set_xlabel(r"$\sigma_w^2$ (W ~ N(0, $\sigma_w^2$ / fan_in))")
     ax.set_ylabel("depth (hidden layers)")
     fig.colorbar(mesh, ax=ax, label=f"mean {metric} over seeds")
-    ax.legend(loc="upper left", fontsize=8, framealpha=0.8)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=9, frameon=False)
     ax.set_title(f"Trainability of {activation} networks, $\\sigma_b^2$ = {sigma_b2:.2g}: {metric} after training")
     return fig
 

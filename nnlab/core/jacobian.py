@@ -42,16 +42,20 @@ def hidden_jacobians(model: MLP, x: Array) -> Array:
     return jac
 
 
-def jacobian_singular_values(model: MLP, x: Array) -> Array:
+def jacobian_singular_values(model: MLP, x: Array, exact: bool = False) -> Array:
     """Singular values of J(x) for each row of ``x`` (k, n_in) -> (k, min(n_L, n_in)), float64,
     ascending.
 
     Computed as the square roots of the eigenvalues of the smaller Gram matrix (J J^T or J^T J)
     in float64: about half the cost of an SVD, and accurate to ~1e-8 of the largest singular value;
     values below ``SV_FLOOR`` times the largest (of the same input) are that rounding, reported as 0
-    (e.g. the rows of dead ReLU units).
+    (e.g. the rows of dead ReLU units). ``exact=True`` uses an SVD instead (about twice the cost;
+    the full float64 range, for spectra that span more than 7 decades).
     """
     jac = hidden_jacobians(model, x).astype(np.float64)
+    if exact:  # below 1e-13 of the largest: rounding of exact zeros (products of rank-deficient layers)
+        sv = np.sort(np.linalg.svd(jac, compute_uv=False), axis=1)
+        return np.where(sv < 1e-13 * sv[:, -1:], 0.0, sv)
     t = jac.transpose(0, 2, 1)
     gram = jac @ t if jac.shape[1] <= jac.shape[2] else t @ jac
     sv = np.sqrt(np.clip(np.linalg.eigvalsh(gram), 0.0, None))
