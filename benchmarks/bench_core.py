@@ -131,6 +131,29 @@ def run_torch(ds, epochs: int, seed: int) -> float:
         return float((net(torch.from_numpy(ds.x_test)).argmax(1).numpy() == ds.y_test).mean())
 
 
+def diagnostics_cost(ds, epochs: int = 20, calls: int = 200) -> str:
+    """The theory's and the Jacobian probe's own cost, timed directly (less noisy than a difference)."""
+    model = MLP([ds.n_features, *HIDDEN, ds.n_classes], activation="relu", init="he", seed=0)
+    x_probe = ds.x_train[:512]
+    start = time.perf_counter()
+    for _ in range(calls // 10):
+        theory.record(theory.predict_network(model.sizes, "relu", "he", x_probe))
+        preactivation_std(model, x_probe)
+    per_run = (time.perf_counter() - start) / (calls // 10)
+    probe = JacobianProbe(4)
+    start = time.perf_counter()
+    for _ in range(calls):
+        probe(model, x_probe)
+    per_epoch = (time.perf_counter() - start) / calls
+    start = time.perf_counter()
+    fit(model, make_optimizer("adam", lr=LR), ds.x_train, ds.y_train, ds.x_val, ds.y_val,
+        TrainConfig(epochs=epochs, batch_size=BATCH, weight_decay=0.0), seed=0)
+    epoch = (time.perf_counter() - start) / (epochs + 1)
+    return (f"theory + measured preact_std: {per_run * 1e3:.2f} ms per run; Jacobian probe (4 inputs): "
+            f"{per_epoch * 1e3:.2f} ms per epoch = {per_epoch / epoch:.1%} of an epoch of nnlab's core "
+            f"({epoch * 1e3:.1f} ms)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100)
@@ -166,6 +189,8 @@ def main() -> None:
     sk = statistics.median(times["scikit-learn MLPClassifier"])
     nn = statistics.median(times["nnlab core (+ per-epoch stats)"])
     diag = statistics.median(times["nnlab core + theory + Jacobian probe"])
+    with threadpool_limits(limits=1):
+        print(diagnostics_cost(ds))
     print(f"\nnnlab / floor = {nn / floor:.2f} (target <= 1.15); with theory + Jacobian probe {diag / floor:.2f} "
           f"(target <= 1.15); MLPClassifier / nnlab = {sk / nn:.2f} (target >= 1.7)")
 
