@@ -234,8 +234,8 @@ def fixed_point_summary(activation: Activation | str, sigma_w2: float, sigma_b2:
         rate_c = sigma_w2 * _pair_expectation(_dphi(act), _dphi(act), q_eval, c_star)
     else:
         rate_c = chi_star
-    return FixedPoint(float(q_star), float(c_star), float(chi_star), depth_scale(length_map_slope(act, sigma_w2, q_eval)),
-                      depth_scale(rate_c), phase(chi_star))
+    xi_q = depth_scale(length_map_slope(act, sigma_w2, q_eval))
+    return FixedPoint(float(q_star), float(c_star), float(chi_star), xi_q, depth_scale(rate_c), phase(chi_star))
 
 
 # --- nnlab's initialisers in the mean-field parameterisation ------------------------------------
@@ -257,7 +257,8 @@ def effective_sigma_w2(init: str, sizes: Sequence[int], **params: float) -> Arra
     """sigma_{w,l}^2 = fan_in * Var(W_l) of each layer of an MLP of ``sizes`` [n_in, ..., n_out]
     -> (len(sizes) - 1,), for one of nnlab's initialisers and its parameters."""
     if init not in _SIGMA_W2:
-        raise ValueError(f"no mean-field sigma_w for initializer {init!r}; valid choices: {', '.join(sorted(_SIGMA_W2))}")
+        valid = ", ".join(sorted(_SIGMA_W2))
+        raise ValueError(f"no mean-field sigma_w for initializer {init!r}; valid choices: {valid}")
     sizes = np.asarray(sizes, dtype=np.float64)
     return np.asarray(_SIGMA_W2[init](sizes[:-1], sizes[1:], **params), dtype=np.float64)
 

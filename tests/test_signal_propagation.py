@@ -54,7 +54,7 @@ def test_by_layer_figures_carry_dashed_theory_lines(study_uri):
         fig = plots.layer_profile(study.layers, ok, study.design, stat, theory=line)
         top_row = fig.axes[: len(fig.axes) // 2]  # at initialisation
         dashed = [ln for ax in top_row for ln in ax.get_lines() if ln.get_linestyle() == "--"]
-        assert len(dashed) == len(top_row) * ok["init.sigma_w"].nunique(), stat  # one per configuration and panel
+        assert len(dashed) == len(top_row) * ok[study.design.hue].nunique(), stat  # one per line and panel
         bottom = [ln for ax in fig.axes[len(fig.axes) // 2:] for ln in ax.get_lines() if ln.get_linestyle() == "--"]
         assert not bottom  # the theory is about initialisation only
     errors = theory_plots.prediction_errors(study.history)

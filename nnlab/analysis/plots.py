@@ -219,6 +219,6 @@ def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat
         ax.set_xlabel("layer (1 = nearest the input)")
         ax.xaxis.get_major_locator().set_params(integer=True)
     _legend(fig, axes, design.hue)
-    dashed = "; dashed: mean-field theory" if theory is not None and len(theory) else ""
+    dashed = "\n(dashed: mean-field theory)" if theory is not None and len(theory) else ""
     fig.suptitle(f"{STAT_LABELS.get(stat, stat)} by layer{suffix}: mean and 95% CI over seeds{dashed}")
     return fig
