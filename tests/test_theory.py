@@ -56,6 +56,8 @@ def test_sigmoid_is_deep_in_the_ordered_phase():
     # sigmoid' <= 1/4, so chi_1 <= sigma_w^2 / 16: with Xavier-like sigma_w^2 ~ 1 the gradient shrinks
     fixed = T.fixed_point_summary("sigmoid", 1.0, 0.0)
     assert fixed.phase == "ordered" and fixed.chi_star < 1 / 16
+    # its mean of 1/2 inflates q* as sigma_w grows: critical only at sigma_w^2 ~ 103 (README)
+    assert T.critical_sigma_w2("sigmoid", 0.0, hi=1000.0) == pytest.approx(103.0, abs=0.5)
 
 
 def test_gaussian_expectations_exact_for_polynomials_and_kinks():
