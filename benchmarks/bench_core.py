@@ -2,7 +2,10 @@
 
 Job: 64-128-64-10 ReLU MLP, He init, Adam lr 1e-3, batch 32, 100 epochs on the digits training
 split, float32, no weight decay, no early stopping. nnlab runs with its per-epoch statistics on
-(train/val loss and accuracy, per-layer gradient norms, activation statistics on a probe batch).
+(train/val loss and accuracy, per-layer gradient norms, activation statistics on a probe batch);
+a second nnlab row adds what ``diagnostics.theory`` and ``diagnostics.jacobian`` (the defaults of
+``nnlab.run``) add: the mean-field predictions and measured pre-activation std at epoch 0, and the
+singular values of the hidden stack's Jacobian at 4 probe inputs every epoch.
 BLAS is limited to one thread for every contender. Rounds are interleaved and the median is
 reported, because this machine is shared and noisy.
 
@@ -22,7 +25,8 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np  # noqa: E402
 from threadpoolctl import threadpool_info, threadpool_limits  # noqa: E402
 
-from nnlab.core import MLP, TrainConfig, evaluate, fit, make_optimizer  # noqa: E402
+from nnlab import theory  # noqa: E402
+from nnlab.core import MLP, JacobianProbe, TrainConfig, evaluate, fit, make_optimizer, preactivation_std  # noqa: E402
 from nnlab.data import load_dataset  # noqa: E402
 
 HIDDEN = (128, 64)
@@ -33,6 +37,19 @@ def run_nnlab(ds, epochs: int, seed: int) -> float:
     model = MLP([ds.n_features, *HIDDEN, ds.n_classes], activation="relu", init="he", seed=seed)
     fit(model, make_optimizer("adam", lr=LR), ds.x_train, ds.y_train, ds.x_val, ds.y_val,
         TrainConfig(epochs=epochs, batch_size=BATCH, weight_decay=0.0), seed=seed)
+    return evaluate(model, ds.x_test, ds.y_test)[1]
+
+
+def run_nnlab_diagnostics(ds, epochs: int, seed: int) -> float:
+    """As run_nnlab, plus the theory at epoch 0 and the Jacobian probe every epoch (nnlab.run's defaults)."""
+    model = MLP([ds.n_features, *HIDDEN, ds.n_classes], activation="relu", init="he", seed=seed)
+    config = TrainConfig(epochs=epochs, batch_size=BATCH, weight_decay=0.0)
+    x_probe = ds.x_train[: config.probe_size]
+    prediction = theory.predict_network(model.sizes, "relu", "he", x_probe)
+    record = {**preactivation_std(model, x_probe), **theory.record(prediction)}
+    history = fit(model, make_optimizer("adam", lr=LR), ds.x_train, ds.y_train, ds.x_val, ds.y_val, config,
+                  seed=seed, probes=[JacobianProbe(4)])
+    assert record and "jacobian_sv_max" in history.epochs[-1]
     return evaluate(model, ds.x_test, ds.y_test)[1]
 
 
@@ -114,6 +131,29 @@ def run_torch(ds, epochs: int, seed: int) -> float:
         return float((net(torch.from_numpy(ds.x_test)).argmax(1).numpy() == ds.y_test).mean())
 
 
+def diagnostics_cost(ds, epochs: int = 20, calls: int = 200) -> str:
+    """The theory's and the Jacobian probe's own cost, timed directly (less noisy than a difference)."""
+    model = MLP([ds.n_features, *HIDDEN, ds.n_classes], activation="relu", init="he", seed=0)
+    x_probe = ds.x_train[:512]
+    start = time.perf_counter()
+    for _ in range(calls // 10):
+        theory.record(theory.predict_network(model.sizes, "relu", "he", x_probe))
+        preactivation_std(model, x_probe)
+    per_run = (time.perf_counter() - start) / (calls // 10)
+    probe = JacobianProbe(4)
+    start = time.perf_counter()
+    for _ in range(calls):
+        probe(model, x_probe)
+    per_epoch = (time.perf_counter() - start) / calls
+    start = time.perf_counter()
+    fit(model, make_optimizer("adam", lr=LR), ds.x_train, ds.y_train, ds.x_val, ds.y_val,
+        TrainConfig(epochs=epochs, batch_size=BATCH, weight_decay=0.0), seed=0)
+    epoch = (time.perf_counter() - start) / (epochs + 1)
+    return (f"theory + measured preact_std: {per_run * 1e3:.2f} ms per run; Jacobian probe (4 inputs): "
+            f"{per_epoch * 1e3:.2f} ms per epoch = {per_epoch / epoch:.1%} of an epoch of nnlab's core "
+            f"({epoch * 1e3:.1f} ms)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=100)
@@ -121,6 +161,7 @@ def main() -> None:
     args = parser.parse_args()
     ds = load_dataset("digits")
     contenders = {"bare NumPy loop (floor)": run_bare_numpy, "nnlab core (+ per-epoch stats)": run_nnlab,
+                  "nnlab core + theory + Jacobian probe": run_nnlab_diagnostics,
                   "scikit-learn MLPClassifier": run_sklearn}
     try:
         import torch  # noqa: F401
@@ -147,7 +188,11 @@ def main() -> None:
         print(f"| {name} | {sec:.2f} | {sec / floor:.2f} | {np.mean(accs[name]):.4f} |")
     sk = statistics.median(times["scikit-learn MLPClassifier"])
     nn = statistics.median(times["nnlab core (+ per-epoch stats)"])
-    print(f"\nnnlab / floor = {nn / floor:.2f} (target <= 1.15); MLPClassifier / nnlab = {sk / nn:.2f} (target >= 1.7)")
+    diag = statistics.median(times["nnlab core + theory + Jacobian probe"])
+    with threadpool_limits(limits=1):
+        print(diagnostics_cost(ds))
+    print(f"\nnnlab / floor = {nn / floor:.2f} (target <= 1.15); with theory + Jacobian probe {diag / floor:.2f} "
+          f"(target <= 1.15); MLPClassifier / nnlab = {sk / nn:.2f} (target >= 1.7)")
 
 
 if __name__ == "__main__":

@@ -50,6 +50,13 @@ class TrackingConfig:
 
 
 @dataclass
+class DiagnosticsConfig:
+    theory: bool = True  # mean-field predictions (nnlab.theory) and measured preact_std, at epoch 0
+    jacobian: bool = True  # singular values of the hidden stack's Jacobian d a^L / d x, every epoch
+    jacobian_inputs: int = 4  # probe inputs (the first rows of the probe batch) the Jacobian is taken at
+
+
+@dataclass
 class Config:
     init: Any = MISSING
     activation: Any = MISSING
@@ -60,6 +67,7 @@ class Config:
     seed: int = 0
     blas_threads: Optional[int] = 1  # BLAS threads while training; None = the library's default
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     resume: bool = False  # a sweep: skip every job whose config already has a FINISHED run
 
 
@@ -82,6 +90,12 @@ class RandomInitConfig(NamedConfig):  # N(0, std^2)
 @dataclass
 class OrthogonalInitConfig(NamedConfig):
     gain: float = 1.0
+
+
+@dataclass
+class VarianceScalingInitConfig(NamedConfig):  # W ~ N(0, sigma_w^2 / fan_in), b ~ N(0, sigma_b^2)
+    sigma_w: float = 1.0
+    sigma_b: float = 0.0
 
 
 @dataclass
@@ -122,7 +136,8 @@ class MnistConfig(NamedConfig):
 
 
 SCHEMAS: dict[str, dict[str, type]] = {
-    "init": {"scaled": ScaledInitConfig, "random": RandomInitConfig, "orthogonal": OrthogonalInitConfig},
+    "init": {"scaled": ScaledInitConfig, "random": RandomInitConfig, "orthogonal": OrthogonalInitConfig,
+             "variance_scaling": VarianceScalingInitConfig},
     "activation": {"plain": NamedConfig, "alpha": AlphaActivationConfig},
     "optimizer": {"sgd": SGDConfig, "momentum": MomentumConfig, "adam": AdamConfig},
     "dataset": {"digits": DigitsConfig, "mnist": MnistConfig},
@@ -193,6 +208,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tracking.flush_seconds": _NON_NEGATIVE,
     "init.std": _POSITIVE,
     "init.gain": _POSITIVE,
+    "init.sigma_w": _POSITIVE,
+    "init.sigma_b": _NON_NEGATIVE,
+    "diagnostics.jacobian_inputs": _int_at_least(1),
     "activation.alpha": _POSITIVE,
     "optimizer.lr": _POSITIVE,
     "optimizer.momentum": _FRACTION_HALF_OPEN,

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nnlab.analysis import AnalysisError, connect, layer_frame, load_history, load_runs  # noqa: E402
-from nnlab.analysis import plots  # noqa: E402
+from nnlab.analysis import plots, theory_plots  # noqa: E402
 from nnlab.analysis.design import Design, infer_design  # noqa: E402
 from nnlab.analysis.reading import reading  # noqa: E402
 from nnlab.analysis.stats import summary_table, to_markdown  # noqa: E402
@@ -40,6 +40,14 @@ FIGURES = {
     "act_std_by_layer.png": "Per-layer activation std at initialisation and after training (log scale)",
     "act_saturation_by_layer.png": "Per-layer saturated (tanh/sigmoid/softsign) or dead (ReLU-like) fraction",
 }
+# drawn when the runs recorded nnlab.theory's predictions (diagnostics.theory)
+THEORY_FIGURES = {
+    "theory_vs_measured.png": "Measured vs mean-field-predicted std at initialisation, on the identity line",
+    "jacobian_spectrum.png": "Singular values of the hidden stack's Jacobian d a^L / d x at initialisation",
+}
+# drawn for a variance_scaling grid over init.sigma_w x model.depth (the signal_propagation study)
+TRAINABILITY_FIGURE = {"trainability.png": "Trainability over (sigma_w^2, depth) with the theory's chi_1 = 1 line "
+                                           "and 6 xi_c depth"}
 
 
 @dataclass
@@ -62,7 +70,8 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
     if ok.empty:
         raise AnalysisError(f"every run of experiment {experiment!r} failed ({len(runs)} runs); nothing to report")
     history = load_history(experiment, client=client, run_ids=ok["run_id"],
-                           metrics=[*CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*", "act_saturation/layer_*"])
+                           metrics=[*CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*", "act_saturation/layer_*",
+                                    "preact_std/layer_*", "theory/*"])
     _check_history(history, ok, experiment)
     runs, design = infer_design(runs)
     shown = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
@@ -80,19 +89,45 @@ def _check_history(history: pd.DataFrame, ok: pd.DataFrame, experiment: str) -> 
                                 f"metric {name!r}: {names}")
 
 
+def figures(study: Study) -> dict[str, str]:
+    """The figures this study gets: ``FIGURES``, plus the theory's where the record has them."""
+    out = dict(FIGURES)
+    if theory_plots.has_theory(study.history):
+        out.update(THEORY_FIGURES)
+        if is_trainability_grid(study.runs):
+            out.update(TRAINABILITY_FIGURE)
+    return out
+
+
+def is_trainability_grid(runs: pd.DataFrame) -> bool:
+    """A variance_scaling study over init.sigma_w and model.depth with one activation."""
+    return ({"init.sigma_w", "init.sigma_b", "model.depth"} <= set(runs.columns)
+            and runs["init.sigma_w"].nunique() > 1 and runs["model.depth"].nunique() > 1
+            and runs["activation"].nunique() == 1)
+
+
 def draw(study: Study, out: Path, metric: str = "test_acc") -> None:
-    """Save every figure of ``FIGURES`` into ``out``."""
+    """Save every figure of :func:`figures` into ``out``."""
     ok = study.runs[~study.runs["failed"]]
-    figures = {
+    with_theory = theory_plots.has_theory(study.history)
+    theory_line = {stat: theory_plots.predicted_profile(study.history, stat) if with_theory else None
+                   for stat in ("grad_norm", "act_std")}
+    makers = {
         "final_accuracy.png": lambda: plots.final_accuracy(study.runs, study.design, metric),
         "accuracy_heatmap.png": lambda: plots.accuracy_heatmap(study.runs, study.design, metric),
         "learning_curves.png": lambda: plots.learning_curves(study.history, ok, study.design, CURVE_METRICS),
-        "grad_norm_by_layer.png": lambda: plots.layer_profile(study.layers, ok, study.design, "grad_norm"),
-        "act_std_by_layer.png": lambda: plots.layer_profile(study.layers, ok, study.design, "act_std"),
+        "grad_norm_by_layer.png": lambda: plots.layer_profile(study.layers, ok, study.design, "grad_norm",
+                                                              theory=theory_line["grad_norm"]),
+        "act_std_by_layer.png": lambda: plots.layer_profile(study.layers, ok, study.design, "act_std",
+                                                            theory=theory_line["act_std"]),
         "act_saturation_by_layer.png": lambda: plots.layer_profile(study.layers, ok, study.design,
                                                                    "act_saturation"),
+        "theory_vs_measured.png": lambda: theory_plots.measured_vs_predicted(study.history, ok, study.design),
+        "jacobian_spectrum.png": lambda: theory_plots.jacobian_spectrum(ok, study.design),
+        "trainability.png": lambda: theory_plots.trainability_heatmap(study.runs, metric),
     }
-    for name, make in figures.items():
+    for name in figures(study):
+        make = makers[name]
         fig = make()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
@@ -106,9 +141,14 @@ def index_markdown(study: Study, metric: str = "test_acc") -> str:
              "statistics are over seeds (mean, std, 95% t-interval); failed runs are counted, not averaged.", "",
              "## Reading", ""]
     lines += [f"- {sentence}" for sentence in reading(study.runs, study.layers, study.design, metric)]
+    if theory_plots.has_theory(study.history):
+        ok = study.runs[~study.runs["failed"]]
+        lines += [f"- {s}" for s in theory_plots.theory_reading(study.history, ok, study.design)]
+        if is_trainability_grid(study.runs):
+            lines += [f"- {s}" for s in theory_plots.trainability_reading(study.runs, metric)]
     lines += ["", "## Summary", "", to_markdown(summary_table(study.runs, study.design.by, metric)), "",
               "## Figures", ""]
-    for name, caption in FIGURES.items():
+    for name, caption in figures(study).items():
         lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines)
 
@@ -158,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnalysisError as exc:
         print(f"nnlab-report: error: {exc}", file=sys.stderr)
         return 2
-    print(f"nnlab-report: wrote {path / 'index.md'} and {len(FIGURES)} figures")
+    print(f"nnlab-report: wrote {path / 'index.md'} and {len(list(path.glob('*.png')))} figures")
     return 0
 
 

@@ -49,6 +49,29 @@ def build(cfg: DictConfig, data) -> tuple[Any, Any, Any]:
     return model, optimizer, TrainConfig(**C.trainer_kwargs(cfg))
 
 
+def fit_probes(cfg: DictConfig) -> list:
+    """The per-epoch probes ``diagnostics`` turns on (``fit(..., probes=...)``)."""
+    from nnlab.core import JacobianProbe
+
+    return [JacobianProbe(cfg.diagnostics.jacobian_inputs)] if cfg.diagnostics.jacobian else []
+
+
+def init_diagnostics(cfg: DictConfig, model, data) -> dict[str, float]:
+    """Epoch 0's extra record when ``diagnostics.theory``: the measured ``preact_std/layer_{i}`` and
+    nnlab.theory's predictions (``theory/...``) for the same probe batch; {} when off or depth 0."""
+    if not cfg.diagnostics.theory or model.depth == 0:
+        return {}
+    from nnlab import theory
+    from nnlab.core import preactivation_std
+
+    kwargs = C.model_kwargs(cfg)
+    x_probe = np.asarray(data.x_train[: cfg.trainer.probe_size], dtype=model.dtype)
+    prediction = theory.predict_network(model.sizes, kwargs["activation"], kwargs["init"], x_probe,
+                                        activation_params=kwargs["activation_params"],
+                                        init_params=kwargs["init_params"])
+    return {**preactivation_std(model, x_probe), **theory.record(prediction)}
+
+
 @contextlib.contextmanager
 def blas_threads(limit: int | None) -> Iterator[None]:
     """Limit BLAS (OpenBLAS/MKL) to ``limit`` threads inside the block; None = leave it alone."""
@@ -166,6 +189,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         limit = _blas_limit(cfg, context)
         run.set_tags({"nnlab.blas_threads": str(limit) if limit is not None else f"default ({_blas_default()})"})
         run.flush()  # params and tags reach the store now: a run killed in its first second is still found
+        run.log_metrics(init_diagnostics(cfg, model, data), step=0)
         bar = progress(name, train_config.epochs, _show_bar(context))
         with bar as show, blas_threads(limit):
             def record(epoch: int, metrics: dict[str, float]) -> None:
@@ -173,7 +197,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
                 show(epoch, metrics)
 
             history = fit(model, optimizer, data.x_train, data.y_train, data.x_val, data.y_val, train_config,
-                          seed=cfg.seed, callback=record)
+                          seed=cfg.seed, callback=record, probes=fit_probes(cfg))
         final = final_metrics(model, data, history)
         run.log_metrics(final, step=history.epochs_run)
         _log_artifacts(run, cfg, model, context)

@@ -44,8 +44,14 @@ def test_one_epoch_run_is_recorded_whole(make_cfg):
     names = set(run.data.metrics)
     per_layer = {f"grad_norm/layer_{i}" for i in range(1, 5)} | {
         f"act_{s}/layer_{i}" for s in ("mean", "std", "saturation") for i in range(1, 4)}
-    assert names == RECORD | per_layer | FINAL
-    for name in RECORD | per_layer:
+    jacobian = {f"jacobian_sv_{s}" for s in ("mean", "std", "min", "max")}
+    theory = {f"{p}/layer_{i}" for p in ("preact_std", "theory/preact_std", "theory/act_std", "theory/chi")
+              for i in range(1, 4)} | {f"theory/grad_ratio/layer_{i}" for i in range(1, 5)} | {
+        "theory/chi_star", "theory/xi_c"}
+    assert names == RECORD | per_layer | FINAL | jacobian | theory
+    for name in theory:  # predictions and the measurement they predict: at initialisation only
+        assert [m.step for m in make_cfg.client.get_metric_history(run.info.run_id, name)] == [0], name
+    for name in RECORD | per_layer | jacobian:
         steps = sorted(m.step for m in make_cfg.client.get_metric_history(run.info.run_id, name))
         assert steps == [0, 1, 2], name
     assert run.data.metrics["test_acc"] == pytest.approx(final["test_acc"])
@@ -58,6 +64,26 @@ def test_one_epoch_run_is_recorded_whole(make_cfg):
     config_text = open(make_cfg.client.download_artifacts(run.info.run_id, "config.yaml")).read()
     assert "depth: 3" in config_text
     assert "mlflow.parentRunId" not in run.data.tags  # a single run has no parent
+
+
+def test_diagnostics_off_means_absent_and_the_same_numbers(make_cfg):
+    on = train(make_cfg("trainer.epochs=2", "model.depth=2", "model.width=16", "init=variance_scaling",
+                        "init.sigma_w=1.3", "init.sigma_b=0.2", "activation=tanh"))
+    off = train(make_cfg("trainer.epochs=2", "model.depth=2", "model.width=16", "init=variance_scaling",
+                         "init.sigma_w=1.3", "init.sigma_b=0.2", "activation=tanh", "diagnostics.theory=false",
+                         "diagnostics.jacobian=false"))
+    assert on["test_acc"] == off["test_acc"] and on["test_loss"] == off["test_loss"]  # measuring changes nothing
+    with_diag, without = sorted(runs(make_cfg.client), key=lambda r: len(r.data.metrics), reverse=True)
+    extra = set(with_diag.data.metrics) - set(without.data.metrics)
+    assert not any(k.startswith(("theory/", "preact_std/", "jacobian_sv_")) for k in without.data.metrics)
+    assert {"theory/chi_star", "theory/xi_c", "jacobian_sv_mean", "preact_std/layer_2"} <= extra
+    assert with_diag.data.metrics["theory/chi_star"] < 1  # tanh, sigma_w^2 = 1.69, sigma_b^2 = 0.04: ordered
+
+
+def test_depth_zero_has_no_theory_and_no_jacobian(make_cfg):
+    train(make_cfg("trainer.epochs=1", "model.depth=0"))
+    (run,) = runs(make_cfg.client)
+    assert not any(k.startswith(("theory/", "preact_std/", "jacobian_sv_")) for k in run.data.metrics)
 
 
 def test_tracking_does_not_change_the_numbers(make_cfg):

@@ -178,10 +178,12 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
 
 
 def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat: str = "grad_norm",
-                  log_y: bool | None = None) -> Figure:
+                  log_y: bool | None = None, theory: pd.DataFrame | None = None) -> Figure:
     """``stat`` (grad_norm, act_std, act_saturation, act_mean) against layer index (1 = input side),
     at initialisation (top row) and after training (bottom row); columns = design.x, one line per hue.
-    With depth as a facet, only the deepest networks are drawn (where vanishing shows)."""
+    With depth as a facet, only the deepest networks are drawn (where vanishing shows). ``theory``
+    (rows run_id, layer, value: ``theory_plots.predicted_profile``) adds the prediction at
+    initialisation as dashed lines (mean over seeds)."""
     frame = with_params(layers[layers["stat"] == stat], runs, design.by)
     frame, suffix = deepest(frame, design)
     log_y = stat in ("grad_norm", "act_std") if log_y is None else log_y  # both span decades
@@ -202,6 +204,12 @@ def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat
                         agg["ci_low"] = agg["ci_low"].where(agg["ci_low"] > 0, agg["mean"])
                     _band(ax, agg, "layer", colors[hue], str(hue))
                     ax.plot(agg["layer"], agg["mean"], "o", color=colors[hue], ms=3)
+                    predicted = None if theory is None or phase != "init" else theory[
+                        theory["run_id"].isin(rows["run_id"])]
+                    if predicted is not None and len(predicted):
+                        mean = predicted.groupby("layer")["value"].mean()
+                        ax.plot(mean.index, mean.to_numpy(), "--", color=colors[hue], lw=1.2,
+                                label="mean-field theory" if hue == levels(frame, design.hue)[0] else "_nolegend_")
             if log_y:
                 ax.set_yscale("log")
             ax.set_title(f"{design.x}={c}\n{PHASES[phase]}" if c is not None else PHASES[phase], fontsize=9)
@@ -211,5 +219,6 @@ def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat
         ax.set_xlabel("layer (1 = nearest the input)")
         ax.xaxis.get_major_locator().set_params(integer=True)
     _legend(fig, axes, design.hue)
-    fig.suptitle(f"{STAT_LABELS.get(stat, stat)} by layer{suffix}: mean and 95% CI over seeds")
+    dashed = "\n(dashed: mean-field theory)" if theory is not None and len(theory) else ""
+    fig.suptitle(f"{STAT_LABELS.get(stat, stat)} by layer{suffix}: mean and 95% CI over seeds{dashed}")
     return fig

@@ -111,8 +111,9 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str], value: str = "test_acc", *
 
 def config_label(runs: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     """A readable label per row from ``columns``: ``he / relu / depth 4`` (names for non-group keys)."""
-    def one(row: pd.Series) -> str:
-        return " / ".join(str(row[c]) if "." not in c else f"{c.rsplit('.', 1)[-1]} {row[c]}" for c in columns)
+    def one(row: pd.Series) -> str:  # a param a run does not have (NaN, e.g. init.gain of a Gaussian init) is left out
+        return " / ".join(str(row[c]) if "." not in c else f"{c.rsplit('.', 1)[-1]} {row[c]}" for c in columns
+                          if not (np.isscalar(row[c]) and pd.isna(row[c])))
     return runs.apply(one, axis=1) if len(runs) else pd.Series([], dtype=object)
 
 

@@ -54,3 +54,12 @@ def activation_stats(model: MLP, x_probe: Array) -> dict[str, float]:
         stats[f"act_std/layer_{i}"] = float(a.std(dtype=np.float64))
         stats[f"act_saturation/layer_{i}"] = model.activation.saturated(z, a)
     return stats
+
+
+def preactivation_std(model: MLP, x_probe: Array) -> dict[str, float]:
+    """``preact_std/layer_{i}``: std of each hidden layer's pre-activation z (N, units), pooled over
+    samples and units, on the probe batch ``x_probe`` (N, n_in). Mean-field theory predicts it as
+    sqrt(q^i) (``nnlab.theory``); the harness records it at initialisation."""
+    model.forward(x_probe)
+    return {f"preact_std/layer_{i}": float(z.std(dtype=np.float64))
+            for i, (z, _) in enumerate(model.hidden_activations(), 1)}

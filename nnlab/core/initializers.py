@@ -2,6 +2,8 @@
 
 Every initialiser has the signature ``init(fan_in, fan_out, *, rng, dtype, **params) -> W`` with
 ``W`` of shape (fan_in, fan_out), and draws only from the ``np.random.Generator`` it is handed.
+Biases start at zero, except for ``variance_scaling``, the mean-field papers' parameterisation,
+whose biases are drawn by :func:`get_bias_initializer` (``BIAS_INITIALIZERS``).
 """
 from __future__ import annotations
 
@@ -53,13 +55,38 @@ def orthogonal(fan_in: int, fan_out: int, *, rng: np.random.Generator, dtype=np.
     return (gain * w).astype(dtype)
 
 
+def variance_scaling(fan_in: int, fan_out: int, *, rng: np.random.Generator, dtype=np.float32,
+                     sigma_w: float = 1.0, sigma_b: float = 0.0):
+    """Poole et al. 2016 / Schoenholz et al. 2017: W ~ N(0, sigma_w^2 / fan_in), b ~ N(0, sigma_b^2).
+
+    He is sigma_w^2 = 2, LeCun sigma_w^2 = 1 (both with sigma_b = 0); ``sigma_b`` is drawn by
+    :func:`variance_scaling_bias`.
+    """
+    if not sigma_w > 0:
+        raise ValueError(f"init sigma_w must be > 0, got {sigma_w}")
+    return rng.normal(0.0, sigma_w / np.sqrt(fan_in), size=(fan_in, fan_out)).astype(dtype)
+
+
+def variance_scaling_bias(fan_out: int, *, rng: np.random.Generator, dtype=np.float32, sigma_b: float = 0.0,
+                          sigma_w: float = 1.0):
+    """b ~ N(0, sigma_b^2) of shape (fan_out,); zeros (and no draw) when sigma_b = 0."""
+    if not sigma_b >= 0:
+        raise ValueError(f"init sigma_b must be >= 0, got {sigma_b}")
+    if sigma_b == 0:
+        return np.zeros(fan_out, dtype)
+    return rng.normal(0.0, sigma_b, size=fan_out).astype(dtype)
+
+
 INITIALIZERS: dict[str, Initializer] = {
     "he": he,
     "xavier": xavier,
     "lecun": lecun,
     "random": random,
     "orthogonal": orthogonal,
+    "variance_scaling": variance_scaling,
 }
+# initialisers whose biases are not zero: name -> bias(fan_out, *, rng, dtype, **params)
+BIAS_INITIALIZERS: dict[str, Initializer] = {"variance_scaling": variance_scaling_bias}
 
 
 def get_initializer(name: str | Initializer, **params) -> Initializer:
@@ -80,3 +107,18 @@ def get_initializer(name: str | Initializer, **params) -> Initializer:
         return fn(fan_in, fan_out, rng=rng, dtype=dtype, **params)
 
     return init
+
+
+def get_bias_initializer(name: str | Initializer, **params) -> Initializer | None:
+    """``bias(fan_out, *, rng, dtype) -> b`` for initialisers that draw biases; None: biases are zero.
+
+    ``params`` are the initialiser's (validated by :func:`get_initializer`).
+    """
+    fn = BIAS_INITIALIZERS.get(name) if isinstance(name, str) else None
+    if fn is None:
+        return None
+
+    def bias(fan_out: int, *, rng: np.random.Generator, dtype=np.float32) -> np.ndarray:
+        return fn(fan_out, rng=rng, dtype=dtype, **params)
+
+    return bias

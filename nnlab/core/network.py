@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from .activations import Activation, get_activation
-from .initializers import Initializer, get_initializer
+from .initializers import Initializer, get_bias_initializer, get_initializer
 
 Array = np.ndarray
 
@@ -29,17 +29,18 @@ class Dense(Module):
     """``a = f(x @ W + b)`` with W of shape (fan_in, fan_out) and b of shape (fan_out,).
 
     ``buffers`` optionally hands in (W, b, dW, db) storage, so an MLP can keep all its parameters
-    in one flat array; W is filled by ``init``, b starts at zero.
+    in one flat array; W is filled by ``init``, b by ``bias_init`` (None: zeros).
     """
 
     def __init__(self, fan_in: int, fan_out: int, activation: Activation, init: Initializer,
-                 rng: np.random.Generator, dtype=np.float32, buffers: tuple[Array, ...] | None = None):
+                 rng: np.random.Generator, dtype=np.float32, buffers: tuple[Array, ...] | None = None,
+                 bias_init: Initializer | None = None):
         if buffers is None:
             buffers = (np.empty((fan_in, fan_out), dtype), np.empty(fan_out, dtype),
                        np.empty((fan_in, fan_out), dtype), np.empty(fan_out, dtype))
         self.W, self.b, self.dW, self.db = buffers
         self.W[...] = init(fan_in, fan_out, rng=rng, dtype=dtype)
-        self.b[...] = 0
+        self.b[...] = 0 if bias_init is None else bias_init(fan_out, rng=rng, dtype=dtype)
         self.dW[...] = 0
         self.db[...] = 0
         self.activation = activation
@@ -90,6 +91,7 @@ class MLP(Module):
         self.dtype = np.dtype(dtype)
         self.activation = get_activation(activation, **(activation_params or {}))
         init_fn = get_initializer(init, **(init_params or {}))
+        bias_fn = get_bias_initializer(init, **(init_params or {}))
         identity = get_activation("identity")
         shapes = [s for fan_in, fan_out in zip(sizes[:-1], sizes[1:]) for s in ((fan_in, fan_out), (fan_out,))]
         self.flat_params, params = _flat_views(shapes, self.dtype)
@@ -97,7 +99,7 @@ class MLP(Module):
         n_layers = len(sizes) - 1
         self.layers = [
             Dense(fan_in, fan_out, self.activation if i < n_layers - 1 else identity, init_fn, rng, self.dtype,
-                  buffers=(params[2 * i], params[2 * i + 1], grads[2 * i], grads[2 * i + 1]))
+                  buffers=(params[2 * i], params[2 * i + 1], grads[2 * i], grads[2 * i + 1]), bias_init=bias_fn)
             for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))
         ]
         self.params = params

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -19,6 +19,7 @@ from .optim import Optimizer, get_schedule
 
 Array = np.ndarray
 Callback = Callable[[int, dict[str, float]], None]
+Probe = Callable[[MLP, Array], dict[str, float]]  # (model, probe batch) -> extra metrics of the epoch
 
 
 class DivergenceError(FloatingPointError):
@@ -135,11 +136,13 @@ def epoch_metrics(model: MLP, x_train: Array, y_train: Array, x_val: Array, y_va
 
 def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val: Array, y_val: Array,
         config: TrainConfig | None = None, *, seed: int | None = 0, rng: np.random.Generator | None = None,
-        callback: Callback | None = None) -> History:
+        callback: Callback | None = None, probes: Sequence[Probe] = ()) -> History:
     """Train ``model`` on (N, n_in) ``x_train`` / (N,) ``y_train``; report every epoch to ``callback``.
 
     Epoch 0 is measured before any update; its gradient norms are those of the full training
-    batch. Raises ``DivergenceError`` as soon as a loss is NaN or infinite.
+    batch. Each of ``probes`` (e.g. ``nnlab.core.jacobian.JacobianProbe``) adds its metrics to every
+    epoch's record, computed on the fixed probe batch. Raises ``DivergenceError`` as soon as a loss
+    is NaN or infinite.
     """
     config = config or TrainConfig()
     rng = rng if rng is not None else np.random.default_rng(seed)
@@ -153,6 +156,8 @@ def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val:
 
     def record(epoch: int) -> None:
         metrics = epoch_metrics(model, x_train, y_train, x_val, y_val, x_probe, meter)
+        for probe in probes:
+            metrics.update(probe(model, x_probe))
         if not math.isfinite(metrics["train_loss"]):
             raise DivergenceError(epoch, metrics["train_loss"])
         history.epochs.append(metrics)
