@@ -1,6 +1,7 @@
 """nnlab.core: a from-scratch NumPy MLP and its training loop. Imports neither Hydra nor MLflow."""
 from .activations import ACTIVATIONS, Activation, get_activation
 from .diagnostics import GradNormMeter, activation_stats
+from .instruments import InstrumentConfig, Instruments
 from .initializers import INITIALIZERS, get_initializer
 from .losses import l2_penalty, log_softmax, softmax, softmax_cross_entropy
 from .network import MLP, Dense, Module, hidden_sizes
@@ -13,5 +14,5 @@ __all__ = [
     "get_initializer", "l2_penalty", "log_softmax", "softmax", "softmax_cross_entropy", "MLP", "Dense", "Module",
     "hidden_sizes", "OPTIMIZERS", "SCHEDULES", "SGD", "Adam", "Momentum", "Optimizer", "get_schedule",
     "make_optimizer", "DivergenceError", "History", "TrainConfig", "accuracy", "evaluate", "fit",
-    "loss_and_grads", "predict", "train_epoch",
+    "loss_and_grads", "predict", "train_epoch", "InstrumentConfig", "Instruments",
 ]

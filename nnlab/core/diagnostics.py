@@ -4,6 +4,8 @@ Names returned here are the MLflow metric names (see DESIGN.md); layer i = 1 is 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .network import MLP
@@ -30,8 +32,10 @@ class GradNormMeter:
 
     def update(self, model: MLP) -> None:
         """Add the gradients of one step, as left in ``model`` by its backward pass."""
-        self._layer_sum += np.sqrt(squared_norms([layer.dW for layer in model.layers]))  # weights only
-        self._global_sum += float(np.sqrt(np.vdot(model.flat_grads, model.flat_grads)))
+        w_sq = squared_norms([layer.dW for layer in model.layers])
+        b_sq = squared_norms([layer.db for layer in model.layers])
+        self._layer_sum += np.sqrt(w_sq)  # weights only
+        self._global_sum += math.sqrt(w_sq.sum() + b_sq.sum())  # one pass over the gradients, not two
         self._steps += 1
 
     def summary(self) -> dict[str, float]:
