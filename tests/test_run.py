@@ -44,10 +44,12 @@ def test_one_epoch_run_is_recorded_whole(make_cfg):
     names = set(run.data.metrics)
     per_layer = {f"grad_norm/layer_{i}" for i in range(1, 5)} | {
         f"act_{s}/layer_{i}" for s in ("mean", "std", "saturation") for i in range(1, 4)}
-    assert names == RECORD | per_layer | FINAL
-    for name in RECORD | per_layer:
+    per_layer |= {f"dist_init/layer_{i}" for i in range(1, 5)} | {"grad_noise_scale"}  # default instruments
+    after_a_step = {f"update_ratio/layer_{i}" for i in range(1, 5)}
+    assert names == RECORD | per_layer | after_a_step | FINAL
+    for name in RECORD | per_layer | after_a_step:
         steps = sorted(m.step for m in make_cfg.client.get_metric_history(run.info.run_id, name))
-        assert steps == [0, 1, 2], name
+        assert steps == ([1, 2] if name in after_a_step else [0, 1, 2]), name
     assert run.data.metrics["test_acc"] == pytest.approx(final["test_acc"])
     # artifacts: resolved config and the weights as a plain npz (no pickle)
     paths = {a.path for a in make_cfg.client.list_artifacts(run.info.run_id)}
