@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nnlab.analysis import AnalysisError, connect, layer_frame, load_history, load_runs  # noqa: E402
-from nnlab.analysis import plots  # noqa: E402
+from nnlab.analysis import instrument_plots, plots  # noqa: E402
 from nnlab.analysis.design import Design, infer_design  # noqa: E402
 from nnlab.analysis.reading import reading  # noqa: E402
 from nnlab.analysis.stats import summary_table, to_markdown  # noqa: E402
@@ -40,6 +40,17 @@ FIGURES = {
     "act_std_by_layer.png": "Per-layer activation std at initialisation and after training (log scale)",
     "act_saturation_by_layer.png": "Per-layer saturated (tanh/sigmoid/softsign) or dead (ReLU-like) fraction",
 }
+# drawn when the study recorded them (older studies and instruments switched off: no figure)
+INSTRUMENT_FIGURES = {
+    "edge_of_stability.png": ("sharpness", "Sharpness (top Hessian eigenvalue) per epoch with the 2/lr line of "
+                                           "each learning rate, beside the training loss"),
+    "update_ratio_by_layer.png": ("update_ratio", "Update ratio ||dW||/||W|| of the epoch's last step, by layer "
+                                                  "and epoch (log scale)"),
+    "dist_init_by_layer.png": ("dist_init", "Distance from initialisation ||W - W0||/||W0||, by layer and epoch "
+                                            "(log scale)"),
+    "grad_noise_scale.png": ("grad_noise_scale", "Gradient noise scale B_simple over training (log scale)"),
+}
+INSTRUMENT_METRICS = ["update_ratio/layer_*", "dist_init/layer_*", "grad_noise_scale", "sharpness", "sharpness_x_lr"]
 
 
 @dataclass
@@ -62,7 +73,8 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
     if ok.empty:
         raise AnalysisError(f"every run of experiment {experiment!r} failed ({len(runs)} runs); nothing to report")
     history = load_history(experiment, client=client, run_ids=ok["run_id"],
-                           metrics=[*CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*", "act_saturation/layer_*"])
+                           metrics=[*CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*", "act_saturation/layer_*",
+                                    *INSTRUMENT_METRICS])
     _check_history(history, ok, experiment)
     runs, design = infer_design(runs)
     shown = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
@@ -92,10 +104,31 @@ def draw(study: Study, out: Path, metric: str = "test_acc") -> None:
         "act_saturation_by_layer.png": lambda: plots.layer_profile(study.layers, ok, study.design,
                                                                    "act_saturation"),
     }
+    figures.update({name: make for name, (caption, make) in instrument_figures(study).items()})
     for name, make in figures.items():
         fig = make()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
+
+
+def instrument_figures(study: Study) -> dict[str, tuple[str, object]]:
+    """The instrument figures this study's record supports: file name -> (caption, draw function)."""
+    ok = study.runs[~study.runs["failed"]]
+    h = study.history
+    makers = {
+        "edge_of_stability.png": lambda: instrument_plots.edge_of_stability(h, ok),
+        "update_ratio_by_layer.png": lambda: instrument_plots.layer_instrument(h, ok, study.design, "update_ratio"),
+        "dist_init_by_layer.png": lambda: instrument_plots.layer_instrument(h, ok, study.design, "dist_init"),
+        "grad_noise_scale.png": lambda: instrument_plots.grad_noise_scale(h, ok, study.design),
+    }
+    out = {}
+    for name, (metric_name, caption) in INSTRUMENT_FIGURES.items():
+        if not instrument_plots.has_metric(h, metric_name):
+            continue
+        if name == "edge_of_stability.png" and not {"activation", "optimizer.lr"} <= set(ok.columns):
+            continue
+        out[name] = (caption, makers[name])
+    return out
 
 
 def index_markdown(study: Study, metric: str = "test_acc") -> str:
@@ -106,9 +139,17 @@ def index_markdown(study: Study, metric: str = "test_acc") -> str:
              "statistics are over seeds (mean, std, 95% t-interval); failed runs are counted, not averaged.", "",
              "## Reading", ""]
     lines += [f"- {sentence}" for sentence in reading(study.runs, study.layers, study.design, metric)]
+    extra = instrument_figures(study)
+    if "edge_of_stability.png" in extra:
+        lines += ["", "### Edge of stability", "",
+                  "At the edge, sharpness·lr/2 = 1: gradient descent's step would overshoot along the top Hessian "
+                  "direction (Cohen et al. 2021). Per run, from the recorded `sharpness` and `train_loss` "
+                  "(means over seeds):", ""]
+        lines += [f"- {s}" for s in instrument_plots.edge_reading(study.history, study.runs[~study.runs["failed"]])]
     lines += ["", "## Summary", "", to_markdown(summary_table(study.runs, study.design.by, metric)), "",
               "## Figures", ""]
-    for name, caption in FIGURES.items():
+    captions = {**FIGURES, **{name: caption for name, (caption, _) in extra.items()}}
+    for name, caption in captions.items():
         lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines)
 
@@ -158,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except AnalysisError as exc:
         print(f"nnlab-report: error: {exc}", file=sys.stderr)
         return 2
-    print(f"nnlab-report: wrote {path / 'index.md'} and {len(FIGURES)} figures")
+    print(f"nnlab-report: wrote {path / 'index.md'} and {len(list(path.glob('*.png')))} figures")
     return 0
 
 
