@@ -143,7 +143,8 @@ def edge_reading(history: pd.DataFrame, runs: pd.DataFrame, near: float = 0.9) -
             continue
         ratio = sharp * lr / 2
         first = ratio.index[ratio >= near]
-        head = (f"{act}, lr {lr:g} (2/lr = {2 / lr:.3g}): sharpness {sharp.iloc[0]:.3g} at epoch 0, "
+        head = (f"{act}, lr {lr:g} (2/lr = {2 / lr:.3g}): sharpness {sharp.iloc[0]:.3g} at epoch 0 "
+                f"(sharpness·lr/2 = {ratio.iloc[0]:.2f}{', beyond the edge from the start' if ratio.iloc[0] > 1.1 else ''}), "
                 f"at most {sharp.max():.3g} (sharpness·lr/2 = {ratio.max():.2f}, epoch {int(ratio.idxmax())})")
         if len(first) == 0:
             out.append(f"{head}; it stayed below the edge (never ≥ {near:g} of 2/lr), final {sharp.iloc[-1]:.3g}.")
@@ -153,7 +154,8 @@ def edge_reading(history: pd.DataFrame, runs: pd.DataFrame, near: float = 0.9) -
         inside = float(np.mean((after >= near) & (after <= 1.1)))
         rises = int((loss[loss.index >= start].diff() > 0).sum())
         steps = int((loss.index >= start).sum()) - 1
-        out.append(f"{head}; it reached the edge at epoch {start} and spent {inside:.0%} of its later "
-                   f"measurements within [{near:g}, 1.1] of 2/lr (final {ratio.iloc[-1]:.2f}); the training loss "
-                   f"rose on {rises} of the {steps} steps after epoch {start}.")
+        out.append(f"{head}; it was at the edge (≥ {near:g}) first at epoch {start} and spent {inside:.0%} of its "
+                   f"measurements from then on within [{near:g}, 1.1] of 2/lr, final sharpness·lr/2 "
+                   f"{ratio.iloc[-1]:.2f} (epoch {int(ratio.index[-1])}); the training loss rose on {rises} of the "
+                   f"{steps} steps after epoch {start}.")
     return out
