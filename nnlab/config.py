@@ -35,7 +35,7 @@ class TrainerConfig:
     schedule_params: Dict[str, float] = field(default_factory=dict)
     patience: Optional[int] = None  # early stopping on val_acc; null = never
     probe_size: int = 512  # training samples used for the activation statistics
-    train_eval_size: Optional[int] = 5000  # train_loss/train_acc on the first this-many training samples; null = all
+    train_eval_size: Optional[int] = 5000  # epoch 0's train_loss/train_acc and gradient: first this-many samples; null = all
 
 
 @dataclass
@@ -44,8 +44,7 @@ class DiagnosticsConfig:
 
     update_ratio: bool = True  # update_ratio/layer_{i}: the epoch's last step, relative to the weights
     dist_init: bool = True  # dist_init/layer_{i}: distance from the initial weights, relative
-    grad_noise_scale: bool = True  # grad_noise_scale: B_simple on noise_size training samples
-    noise_size: int = 512
+    grad_noise_scale: bool = True  # grad_noise_scale: B_simple on the probe batch (trainer.probe_size samples)
     sharpness_every: int = 0  # sharpness + sharpness_x_lr every this many epochs; 0 = off
     sharpness_size: int = 1000  # training samples the Hessian is taken on
     sharpness_iters: int = 20  # power iterations per measurement
@@ -194,7 +193,6 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.weight_decay": _NON_NEGATIVE,
     "trainer.patience": _OPTIONAL_POSITIVE_INT,
     "trainer.train_eval_size": _OPTIONAL_POSITIVE_INT,
-    "diagnostics.noise_size": _int_at_least(2),
     "diagnostics.sharpness_every": _int_at_least(0),
     "diagnostics.sharpness_size": _int_at_least(1),
     "diagnostics.sharpness_iters": _int_at_least(1),

@@ -189,9 +189,20 @@ def test_instruments_that_are_off_are_absent_and_sharpness_runs_every_k_epochs()
 
 @pytest.mark.parametrize("bad, message", [
     ({"sharpness_every": -1}, "sharpness_every must be an integer >= 0, got -1"),
-    ({"noise_size": 1}, "noise_size must be an integer >= 2, got 1"),
+    ({"sharpness_iters": 0}, "sharpness_iters must be an integer >= 1, got 0"),
     ({"update_ratio": "yes"}, "update_ratio must be true or false, got 'yes'"),
 ])
 def test_bad_instrument_settings_are_refused_by_name(bad, message):
     with pytest.raises(ValueError, match=message):
         I.InstrumentConfig(**bad)
+
+
+def test_top_eigenvalue_is_the_largest_even_when_a_negative_one_dominates_in_magnitude():
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.normal(size=(6, 6)))
+    h = q @ np.diag([-9.0, 4.0, 2.0, 1.0, -1.0, 0.5]) @ q.T  # |-9| > 4: plain power iteration finds -9
+    plain, _ = I.power_iteration(lambda v: h @ v, rng.normal(size=6), 500, 1e-12)
+    assert plain == pytest.approx(-9.0, rel=1e-6)
+    top, vec = I.top_eigenvalue(lambda v: h @ v, rng.normal(size=6), 500, 1e-12)
+    assert top == pytest.approx(4.0, rel=1e-6)
+    np.testing.assert_allclose(h @ vec, 4.0 * vec, atol=1e-5)

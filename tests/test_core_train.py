@@ -100,3 +100,13 @@ def test_default_configuration_reaches_97_percent_on_digits(digits):
         TrainConfig(), seed=0)
     _, test_acc = evaluate(model, digits.x_test, digits.y_test)
     assert test_acc >= 0.97
+
+
+def test_train_metrics_are_the_running_mean_over_the_epochs_batches(digits):
+    """Epochs >= 1 report the mean over the epoch's mini-batches, each seen with its own step's weights: with
+    one full batch per epoch, epoch 1's numbers are those of the initial weights (epoch 0's full pass)."""
+    _, history = small_run(digits, epochs=2, optimizer="sgd", lr=0.5, batch_size=10**6, weight_decay=0.0)
+    first, second = history.epochs[0], history.epochs[1]
+    assert second["train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
+    assert second["train_acc"] == pytest.approx(first["train_acc"])
+    assert history.epochs[2]["train_loss"] < first["train_loss"]  # the step was taken

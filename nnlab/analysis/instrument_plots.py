@@ -151,6 +151,10 @@ def edge_reading(history: pd.DataFrame, runs: pd.DataFrame, near: float = 0.9) -
             continue
         start = int(first[0])
         after = ratio[ratio.index >= start]
+        if ratio.iloc[0] > 1.1:
+            back = ratio.index[ratio <= 1.1]
+            head += (f"; it fell back to the edge (≤ 1.1) by epoch {int(back[0])}" if len(back)
+                     else "; it never came back to the edge (≤ 1.1)")
         inside = float(np.mean((after >= near) & (after <= 1.1)))
         rises = int((loss[loss.index >= start].diff() > 0).sum())
         steps = int((loss.index >= start).sum()) - 1

@@ -1,6 +1,6 @@
 """nnlab.core: a from-scratch NumPy MLP and its training loop. Imports neither Hydra nor MLflow."""
 from .activations import ACTIVATIONS, Activation, get_activation
-from .diagnostics import GradNormMeter, activation_stats
+from .diagnostics import GradNormMeter, TrainMeter, activation_stats
 from .instruments import InstrumentConfig, Instruments
 from .initializers import INITIALIZERS, get_initializer
 from .losses import l2_penalty, log_softmax, softmax, softmax_cross_entropy
@@ -10,7 +10,7 @@ from .train import (DivergenceError, History, TrainConfig, accuracy, evaluate, f
                     train_epoch)
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "get_activation", "GradNormMeter", "activation_stats", "INITIALIZERS",
+    "ACTIVATIONS", "Activation", "get_activation", "GradNormMeter", "TrainMeter", "activation_stats", "INITIALIZERS",
     "get_initializer", "l2_penalty", "log_softmax", "softmax", "softmax_cross_entropy", "MLP", "Dense", "Module",
     "hidden_sizes", "OPTIMIZERS", "SCHEDULES", "SGD", "Adam", "Momentum", "Optimizer", "get_schedule",
     "make_optimizer", "DivergenceError", "History", "TrainConfig", "accuracy", "evaluate", "fit",

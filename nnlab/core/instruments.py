@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .losses import softmax_cross_entropy
 from .network import MLP
 
 Array = np.ndarray
@@ -33,23 +34,18 @@ class InstrumentConfig:
     update_ratio: bool = True
     dist_init: bool = True
     grad_noise_scale: bool = True
-    noise_size: int = 512  # training samples (the first ones) the grad noise scale is measured on
     sharpness_every: int = 0  # epochs between sharpness measurements (0, 1*k, 2*k, ...); 0 = off
     sharpness_size: int = 1000  # training samples the Hessian is taken on (the first ones)
     sharpness_iters: int = 20  # power iterations (each: two gradients on sharpness_size samples)
-    train_eval_size: int | None = 5000  # train_loss/train_acc on the first this-many training samples; None = all
 
     def __post_init__(self) -> None:
         for name in ("update_ratio", "dist_init", "grad_noise_scale"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name, low in (("noise_size", 2), ("sharpness_every", 0), ("sharpness_size", 1), ("sharpness_iters", 1)):
+        for name, low in (("sharpness_every", 0), ("sharpness_size", 1), ("sharpness_iters", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-        tes = self.train_eval_size
-        if tes is not None and (isinstance(tes, bool) or not isinstance(tes, (int, np.integer)) or tes < 1):
-            raise ValueError(f"train_eval_size must be null or an integer >= 1, got {tes!r}")
 
 
 def _weight_norms(model: MLP, flat: Array) -> Array:
@@ -94,12 +90,17 @@ def grad_noise_scale(model: MLP, x: Array, y: Array, weight_decay: float = 0.0) 
     |G|^2 ~ ||G_N + wd W||^2 - tr(Sigma)/N (unbiased; McCandlish et al. 2018, appendix A with B_small = 1).
     Weight decay shifts G but not Sigma. Returns None when the |G|^2 estimate is not positive (the
     gradient is lost in its own noise on this batch): no number is better than a wrong one.
-    Leaves ``model``'s gradients overwritten (the next training step recomputes them).
+    Leaves ``model``'s gradients overwritten (the next training step recomputes them). When ``model``'s
+    caches already hold the forward pass of this very ``x`` (``activation_stats`` on the probe batch just ran),
+    only the backward pass is run.
     """
     from .train import loss_and_grads
 
     n = len(x)
-    loss_and_grads(model, x, y)
+    if model.layers[0].x is x and model.layers[-1].z is not None and len(model.layers[-1].z) == n:
+        model.backward(softmax_cross_entropy(model.layers[-1].z, y)[1])  # reuse the cached forward pass
+    else:
+        loss_and_grads(model, x, y)
     per_sample = per_sample_grad_sq_norms(model)
     mean_sq = float(np.vdot(model.flat_grads, model.flat_grads))
     trace = n / (n - 1) * (float(per_sample.mean()) - mean_sq)
@@ -148,32 +149,49 @@ def hvp(model: MLP, x: Array, y: Array, v: Array, weight_decay: float = 0.0, eps
     return (up - down) / (2 * eps)
 
 
-def sharpness(model: MLP, x: Array, y: Array, weight_decay: float = 0.0, iters: int = 20, tol: float = 1e-4,
-              v0: Array | None = None, seed: int = 0) -> tuple[float, Array]:
-    """Largest-magnitude eigenvalue of the training loss's Hessian on (x, y), and its unit eigenvector (P,).
-
-    Power iteration on Hessian-vector products of a float64 copy of ``model``; stops after ``iters``
-    products or when the Rayleigh quotient changes by less than ``tol`` (relative). ``v0`` warm-starts it
-    (last epoch's eigenvector: the top direction moves slowly, so a few products suffice).
-    """
-    model64 = model if model.dtype == np.float64 else _as_float64(model)
-    x64 = np.asarray(x, dtype=np.float64)
-    if v0 is None or v0.shape != model64.flat_params.shape:
-        v0 = np.random.default_rng(seed).normal(size=model64.flat_params.shape)
+def power_iteration(matvec, v0: Array, iters: int, tol: float, shift: float = 0.0) -> tuple[float, Array]:
+    """Dominant eigenvalue of the symmetric operator ``matvec(v) - shift v`` (plus ``shift``) and its unit
+    eigenvector; at most ``iters`` products, or until the Rayleigh quotient moves by < ``tol`` (relative)."""
     v = v0 / np.linalg.norm(v0)
     value = 0.0
     for _ in range(iters):
-        hv = hvp(model64, x64, y, v, weight_decay)
+        hv = matvec(v) - shift * v
         new = float(np.vdot(v, hv))  # Rayleigh quotient: v is a unit vector
         norm = float(np.linalg.norm(hv))
         if not (norm > 0 and math.isfinite(norm)):
-            return new, v
+            return new + shift, v
         v = hv / norm
         done = abs(new - value) <= tol * abs(new)
         value = new
         if done:
             break
+    return value + shift, v
+
+
+def top_eigenvalue(matvec, v0: Array, iters: int = 20, tol: float = 1e-4) -> tuple[float, Array]:
+    """Largest (algebraic) eigenvalue of a symmetric operator by power iteration. Power iteration finds the
+    largest in *magnitude*; when that one is negative (a saddle direction dominates), a second run on the
+    operator shifted by it (``H - lambda_neg I``, whose dominant eigenvalue is then lambda_max - lambda_neg)
+    finds the top one."""
+    value, v = power_iteration(matvec, v0, iters, tol)
+    if value < 0:
+        value, v = power_iteration(matvec, v0, iters, tol, shift=value)
     return value, v
+
+
+def sharpness(model: MLP, x: Array, y: Array, weight_decay: float = 0.0, iters: int = 20, tol: float = 1e-4,
+              v0: Array | None = None, seed: int = 0) -> tuple[float, Array]:
+    """Largest eigenvalue of the training loss's Hessian on (x, y), and its unit eigenvector (P,).
+
+    Power iteration (``top_eigenvalue``) on Hessian-vector products of a float64 copy of ``model``; at most
+    ``iters`` products per run, or until the Rayleigh quotient changes by less than ``tol`` (relative). ``v0``
+    warm-starts it (last epoch's eigenvector: the top direction moves slowly, so a few products suffice).
+    """
+    model64 = model if model.dtype == np.float64 else _as_float64(model)
+    x64 = np.asarray(x, dtype=np.float64)
+    if v0 is None or v0.shape != model64.flat_params.shape:
+        v0 = np.random.default_rng(seed).normal(size=model64.flat_params.shape)
+    return top_eigenvalue(lambda v: hvp(model64, x64, y, v, weight_decay), v0, iters, tol)
 
 
 class Instruments:
@@ -194,9 +212,11 @@ class Instruments:
             self._before[...] = model.flat_params
             self._stepped = True
 
-    def measure(self, model: MLP, epoch: int, x: Array, y: Array, weight_decay: float, lr: float) -> dict[str, float]:
+    def measure(self, model: MLP, epoch: int, x: Array, y: Array, weight_decay: float, lr: float,
+                probe: tuple[Array, Array] | None = None) -> dict[str, float]:
         """The enabled instruments after ``epoch`` (0 = at initialisation); ``x`` (N, n_in), ``y`` (N,) are the
-        training split (the instruments use its first ``noise_size`` / ``sharpness_size`` rows).
+        training split (sharpness uses its first ``sharpness_size`` rows); ``probe`` = (x_probe, y_probe), the
+        batch the gradient noise scale is measured on (default: the first 512 rows).
 
         ``update_ratio`` is absent at epoch 0 (no step yet); ``grad_noise_scale`` is absent when its
         estimate is undefined; ``sharpness`` only every ``sharpness_every`` epochs."""
@@ -207,7 +227,8 @@ class Instruments:
         if c.dist_init:
             out.update(dist_from_init(model, self.initial))
         if c.grad_noise_scale:
-            b = grad_noise_scale(model, x[: c.noise_size], y[: c.noise_size], weight_decay)
+            x_probe, y_probe = probe if probe is not None else (x[:512], y[:512])
+            b = grad_noise_scale(model, x_probe, y_probe, weight_decay)
             if b is not None:
                 out["grad_noise_scale"] = b
         if c.sharpness_every and epoch % c.sharpness_every == 0:

@@ -74,7 +74,7 @@ class Dense(Module):
         unless ``input_grad`` is False (the first layer: nothing below needs it)."""
         grad_z = self.grad_z = self.activation.backward_inplace(self.z, self.a, grad_a)
         np.matmul(self.x.T, grad_z, out=self.dW)
-        np.sum(grad_z, axis=0, out=self.db)
+        np.add.reduce(grad_z, axis=0, out=self.db)
         if not input_grad:
             return None
         return np.matmul(grad_z, self.W.T, out=self._buffer("dx", len(grad_z)))

@@ -12,7 +12,7 @@ from typing import Callable
 
 import numpy as np
 
-from .diagnostics import GradNormMeter, activation_stats
+from .diagnostics import GradNormMeter, TrainMeter, activation_stats
 from .instruments import InstrumentConfig, Instruments
 from .losses import l2_penalty, softmax_cross_entropy
 from .network import MLP
@@ -103,9 +103,15 @@ def evaluate(model: MLP, x: Array, y: Array, batch_size: int = 4096) -> tuple[fl
     return loss_sum / len(x), correct / len(x)
 
 
-def loss_and_grads(model: MLP, x: Array, y: Array, weight_decay: float = 0.0) -> float:
-    """Forward + backward on one batch: fills ``model.grads()``, returns the regularised loss."""
-    loss, dlogits = softmax_cross_entropy(model.forward(x, reuse=True), y)
+def loss_and_grads(model: MLP, x: Array, y: Array, weight_decay: float = 0.0,
+                   train_meter: TrainMeter | None = None) -> float:
+    """Forward + backward on one batch: fills ``model.grads()``, returns the regularised loss.
+
+    ``train_meter`` (if given) is shown the batch's loss and logits."""
+    logits = model.forward(x, reuse=True)
+    loss, dlogits = softmax_cross_entropy(logits, y)
+    if train_meter is not None:
+        train_meter.update(loss, logits, y)
     model.backward(dlogits)
     if weight_decay:
         loss += l2_penalty(model.weights, weight_decay)
@@ -115,10 +121,11 @@ def loss_and_grads(model: MLP, x: Array, y: Array, weight_decay: float = 0.0) ->
 
 def train_epoch(model: MLP, optimizer: Optimizer, x: Array, y: Array, batch_size: int,
                 rng: np.random.Generator, meter: GradNormMeter, weight_decay: float = 0.0,
-                instruments: Instruments | None = None) -> float:
+                instruments: Instruments | None = None, train_meter: TrainMeter | None = None) -> float:
     """One pass over (x, y) in shuffled mini-batches; returns the mean regularised batch loss.
 
-    ``instruments`` (if given) is shown the parameters just before the epoch's last step."""
+    ``instruments`` (if given) is shown the parameters just before the epoch's last step; ``train_meter``
+    (if given) every batch's loss and logits."""
     order = rng.permutation(len(x))
     # The optimiser sees the whole network as one flat vector: one update instead of one per array.
     params, grads = [model.flat_params], [model.flat_grads]
@@ -129,7 +136,7 @@ def train_epoch(model: MLP, optimizer: Optimizer, x: Array, y: Array, batch_size
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]
         xb = np.take(x, idx, axis=0, out=batch[: len(idx)])
-        loss = loss_and_grads(model, xb, y[idx], weight_decay)
+        loss = loss_and_grads(model, xb, y[idx], weight_decay, train_meter)
         if not math.isfinite(loss):
             return loss
         meter.update(model)
@@ -143,17 +150,23 @@ def train_epoch(model: MLP, optimizer: Optimizer, x: Array, y: Array, batch_size
 def epoch_metrics(model: MLP, x_train: Array, y_train: Array, x_val: Array, y_val: Array,
                   x_probe: Array, meter: GradNormMeter, instruments: Instruments | None = None, *,
                   epoch: int = 0, weight_decay: float = 0.0, lr: float = 0.0,
-                  train_eval_size: int | None = None) -> dict[str, float]:
+                  train_eval_size: int | None = None, train_meter: TrainMeter | None = None) -> dict[str, float]:
     """The record of one epoch: losses, accuracies, gradient norms, activation statistics, instruments.
 
-    ``train_loss``/``train_acc`` are measured on the first ``train_eval_size`` rows of the training split
-    (all of it when None) with the epoch's final weights, like ``val_loss``/``val_acc``."""
-    train_loss, train_acc = evaluate(model, x_train[:train_eval_size], y_train[:train_eval_size])
+    ``train_loss``/``train_acc``: the running mean over the epoch's mini-batches when ``train_meter`` saw
+    them (epochs >= 1: free), else a pass over the first ``train_eval_size`` training rows (epoch 0).
+    ``val_loss``/``val_acc``: a pass over the validation split with the epoch's final weights."""
+    if train_meter is not None:
+        train = train_meter.summary()
+    else:
+        loss, acc = evaluate(model, x_train[:train_eval_size], y_train[:train_eval_size])
+        train = {"train_loss": loss, "train_acc": acc}
     val_loss, val_acc = evaluate(model, x_val, y_val)
-    metrics = {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
+    metrics = {**train, "val_loss": val_loss, "val_acc": val_acc,
                **meter.summary(), **activation_stats(model, x_probe)}
-    if instruments is not None:
-        metrics.update(instruments.measure(model, epoch, x_train, y_train, weight_decay, lr))
+    if instruments is not None:  # after activation_stats: the noise scale reuses its forward pass of the probe
+        probe = (x_probe, y_train[: len(x_probe)])
+        metrics.update(instruments.measure(model, epoch, x_train, y_train, weight_decay, lr, probe))
     return metrics
 
 
@@ -173,6 +186,7 @@ def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val:
     schedule = get_schedule(config.schedule, **config.schedule_params)
     base_lr = optimizer.lr
     meter = GradNormMeter(len(model.layers))
+    train_meter = TrainMeter()
     instruments = Instruments(config.instruments, model)
     history = History()
     start = time.perf_counter()
@@ -180,7 +194,7 @@ def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val:
     def record(epoch: int) -> None:
         metrics = epoch_metrics(model, x_train, y_train, x_val, y_val, x_probe, meter, instruments, epoch=epoch,
                                 weight_decay=config.weight_decay, lr=optimizer.lr,
-                                train_eval_size=config.train_eval_size)
+                                train_eval_size=config.train_eval_size, train_meter=train_meter if epoch else None)
         if not math.isfinite(metrics["train_loss"]):
             raise DivergenceError(epoch, metrics["train_loss"])
         history.epochs.append(metrics)
@@ -201,8 +215,9 @@ def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val:
         for epoch in range(1, config.epochs + 1):
             optimizer.lr = schedule(base_lr, epoch - 1, config.epochs)
             meter.reset()
+            train_meter.reset()
             loss = train_epoch(model, optimizer, x_train, y_train, config.batch_size, rng, meter, config.weight_decay,
-                               instruments)
+                               instruments, train_meter)
             if not math.isfinite(loss):
                 raise DivergenceError(epoch, loss)
             record(epoch)
