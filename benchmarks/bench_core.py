@@ -1,8 +1,9 @@
 """nnlab's core vs scikit-learn's MLPClassifier vs a bare NumPy loop (the floor), one process, one run.
 
 Job: 64-128-64-10 ReLU MLP, He init, Adam lr 1e-3, batch 32, 100 epochs on the digits training
-split, float32, no weight decay, no early stopping. nnlab runs with its per-epoch statistics on
-(train/val loss and accuracy, per-layer gradient norms, activation statistics on a probe batch).
+split, float32, no weight decay, no early stopping. nnlab runs with its default per-epoch record on
+(train/val loss and accuracy, per-layer gradient norms, activation statistics on a probe batch, and the default
+instruments: update ratio, distance from init, gradient noise scale).
 BLAS is limited to one thread for every contender. Rounds are interleaved and the median is
 reported, because this machine is shared and noisy.
 

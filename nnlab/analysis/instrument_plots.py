@@ -131,9 +131,9 @@ def edge_of_stability(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
 
 
 def edge_reading(history: pd.DataFrame, runs: pd.DataFrame, near: float = 0.9) -> list[str]:
-    """One sentence per (activation, lr), computed from the record: when sharpness * lr / 2 first reached
-    ``near`` (the run is "at the edge"), its largest value, and how long it stayed within [near, 1.1]
-    afterwards; the training loss's non-monotone steps after that epoch. Means over seeds."""
+    """One sentence per (activation, lr), computed from the record: whether sharpness * lr / 2 started beyond
+    the edge (> 1.1) and when it came down, or when it first reached ``near``; how often it stayed within
+    [near, 1.1]; the final value; on how many steps the training loss rose. Means over seeds."""
     frame = _eos_frame(history, runs)
     out = []
     for (act, lr), sub in frame.groupby(["activation", "optimizer.lr"]):
@@ -142,24 +142,28 @@ def edge_reading(history: pd.DataFrame, runs: pd.DataFrame, near: float = 0.9) -
         if sharp.empty:
             continue
         ratio = sharp * lr / 2
+        # epochs >= 1 report the running mean over the epoch's batches: under full-batch gradient descent that is
+        # the loss at the weights the step started from, so epochs 1, 2, ... are L(theta_0), L(theta_1), ...
+        steps = loss[loss.index >= 1].diff().dropna()
+        tail = (f"final sharpness {sharp.iloc[-1]:.3g} (sharpness·lr/2 = {ratio.iloc[-1]:.2f}, epoch "
+                f"{int(ratio.index[-1])}); the training loss rose on {int((steps > 0).sum())} of {len(steps)} steps.")
+        head = f"{act}, lr {lr:g} (2/lr = {2 / lr:.3g}): sharpness {sharp.iloc[0]:.3g} at epoch 0 "
+        if ratio.iloc[0] > 1.1:
+            back = ratio.index[ratio <= 1.1]
+            when = f"fell to the edge or below (≤ 1.1) by epoch {int(back[0])}" if len(back) else "never came back"
+            inside = float(np.mean((ratio >= near) & (ratio <= 1.1)))
+            out.append(f"{head}— beyond the edge from the start (sharpness·lr/2 = {ratio.iloc[0]:.2f}, at most "
+                       f"{ratio.max():.2f} at epoch {int(ratio.idxmax())}); it {when} and was within [{near:g}, 1.1] "
+                       f"in {inside:.0%} of the measurements; {tail}")
+            continue
         first = ratio.index[ratio >= near]
-        head = (f"{act}, lr {lr:g} (2/lr = {2 / lr:.3g}): sharpness {sharp.iloc[0]:.3g} at epoch 0 "
-                f"(sharpness·lr/2 = {ratio.iloc[0]:.2f}{', beyond the edge from the start' if ratio.iloc[0] > 1.1 else ''}), "
-                f"at most {sharp.max():.3g} (sharpness·lr/2 = {ratio.max():.2f}, epoch {int(ratio.idxmax())})")
         if len(first) == 0:
-            out.append(f"{head}; it stayed below the edge (never ≥ {near:g} of 2/lr), final {sharp.iloc[-1]:.3g}.")
+            out.append(f"{head}(sharpness·lr/2 = {ratio.iloc[0]:.2f}, at most {ratio.max():.2f} at epoch "
+                       f"{int(ratio.idxmax())}) — it never reached the edge (≥ {near:g}); {tail}")
             continue
         start = int(first[0])
         after = ratio[ratio.index >= start]
-        if ratio.iloc[0] > 1.1:
-            back = ratio.index[ratio <= 1.1]
-            head += (f"; it fell back to the edge (≤ 1.1) by epoch {int(back[0])}" if len(back)
-                     else "; it never came back to the edge (≤ 1.1)")
         inside = float(np.mean((after >= near) & (after <= 1.1)))
-        rises = int((loss[loss.index >= start].diff() > 0).sum())
-        steps = int((loss.index >= start).sum()) - 1
-        out.append(f"{head}; it was at the edge (≥ {near:g}) first at epoch {start} and spent {inside:.0%} of its "
-                   f"measurements from then on within [{near:g}, 1.1] of 2/lr, final sharpness·lr/2 "
-                   f"{ratio.iloc[-1]:.2f} (epoch {int(ratio.index[-1])}); the training loss rose on {rises} of the "
-                   f"{steps} steps after epoch {start}.")
+        out.append(f"{head}(sharpness·lr/2 = {ratio.iloc[0]:.2f}) — it reached the edge (≥ {near:g}) at epoch {start} "
+                   f"and was within [{near:g}, 1.1] in {inside:.0%} of the measurements from then on; {tail}")
     return out
