@@ -161,29 +161,33 @@ def instrument_costs(data, epoch_seconds: float, model: MLP) -> list[tuple[str, 
     instruments = I.Instruments(c, model)
     instruments.before_last_step(model)
     sub = slice(0, c.sharpness_size)
+    probe = x[: tc.probe_size]
 
-    def timed(fn) -> float:
+    def timed(fn, repeats: int = 3) -> float:
         runs = []
-        for _ in range(3):
+        for _ in range(repeats):
             start = time.perf_counter()
             fn()
             runs.append(time.perf_counter() - start)
         return statistics.median(runs)
 
     rows = [
-        (f"train_loss/train_acc on {tc.train_eval_size} training samples", lambda: evaluate(model, x[:tc.train_eval_size],
-                                                                                          y[:tc.train_eval_size]), "on"),
+        ("train_loss/train_acc, epochs >= 1 (running mean over the epoch's batches)", lambda: None, "on"),
+        (f"train_loss/train_acc, epoch 0 only ({tc.train_eval_size} training samples)",
+         lambda: evaluate(model, x[: tc.train_eval_size], y[: tc.train_eval_size]), "on"),
         (f"val_loss/val_acc on {N_VAL} validation samples", lambda: evaluate(model, x_val, y_val), "on"),
-        (f"act_* on {tc.probe_size} probe samples", lambda: activation_stats(model, x[:tc.probe_size]), "on"),
+        (f"act_* on {tc.probe_size} probe samples", lambda: activation_stats(model, probe), "on"),
         ("update_ratio/layer_{i}", lambda: I.update_ratios(model, instruments._before), "on"),
         ("dist_init/layer_{i}", lambda: I.dist_from_init(model, instruments.initial), "on"),
-        (f"grad_noise_scale ({c.noise_size} samples)", lambda: I.grad_noise_scale(model, x[:c.noise_size],
-                                                                                 y[:c.noise_size]), "on"),
+        (f"grad_noise_scale ({tc.probe_size} probe samples; backward only, the forward is act_*'s)",
+         lambda: (activation_stats(model, probe), I.grad_noise_scale(model, probe, y[:tc.probe_size])), "on"),
         (f"sharpness ({c.sharpness_iters} power iterations on {c.sharpness_size} samples, float64)",
          lambda: I.sharpness(model, x[sub], y[sub], iters=c.sharpness_iters, tol=0.0),
          f"off (every {c.sharpness_every})" if c.sharpness_every else "off"),
     ]
-    return [(name, timed(fn) / epoch_seconds, default) for name, fn, default in rows]
+    # sharpness costs several epochs: timed once
+    return [(name, timed(fn, 1 if name.startswith("sharpness") else 3) / epoch_seconds, default)
+            for name, fn, default in rows]
 
 
 def main() -> None:
