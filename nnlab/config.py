@@ -39,6 +39,19 @@ class TrainerConfig:
     schedule_params: Dict[str, float] = field(default_factory=dict)
     patience: Optional[int] = None  # early stopping on val_acc; null = never
     probe_size: int = 512  # training samples used for the activation statistics
+    train_eval_size: Optional[int] = 5000  # epoch 0's train_loss/train_acc and gradient: first this-many samples; null = all
+
+
+@dataclass
+class DiagnosticsConfig:
+    """Per-epoch instruments (nnlab.core.instruments); an instrument that is off is absent from the record."""
+
+    update_ratio: bool = True  # update_ratio/layer_{i}: the epoch's last step, relative to the weights
+    dist_init: bool = True  # dist_init/layer_{i}: distance from the initial weights, relative
+    grad_noise_scale: bool = True  # grad_noise_scale: B_simple on the probe batch (trainer.probe_size samples)
+    sharpness_every: int = 0  # sharpness + sharpness_x_lr every this many epochs; 0 = off
+    sharpness_size: int = 1000  # training samples the Hessian is taken on
+    sharpness_iters: int = 20  # power iterations per measurement
 
 
 @dataclass
@@ -64,6 +77,7 @@ class Config:
     dataset: Any = MISSING
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     seed: int = 0
     blas_threads: Optional[int] = 1  # BLAS threads while training; None = the library's default
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -202,6 +216,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.probe_size": _int_at_least(1),
     "trainer.weight_decay": _NON_NEGATIVE,
     "trainer.patience": _OPTIONAL_POSITIVE_INT,
+    "trainer.train_eval_size": _OPTIONAL_POSITIVE_INT,
+    "diagnostics.sharpness_every": _int_at_least(0),
+    "diagnostics.sharpness_size": _int_at_least(1),
+    "diagnostics.sharpness_iters": _int_at_least(1),
     "seed": _int_at_least(0),
     "blas_threads": _OPTIONAL_POSITIVE_INT,
     "tracking.experiment": _NON_EMPTY,
@@ -296,8 +314,18 @@ def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """``TrainConfig(**trainer_kwargs(cfg))``."""
+    """``TrainConfig(**trainer_kwargs(cfg), instruments=InstrumentConfig(**instrument_kwargs(cfg)))``."""
     return OmegaConf.to_container(cfg.trainer, resolve=True)
+
+
+def instrument_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """``InstrumentConfig(**instrument_kwargs(cfg))``: the ``diagnostics`` keys the instruments read."""
+    from dataclasses import fields
+
+    from nnlab.core import InstrumentConfig
+
+    tree = OmegaConf.to_container(cfg.diagnostics, resolve=True) if "diagnostics" in cfg else {}
+    return {f.name: tree[f.name] for f in fields(InstrumentConfig) if f.name in tree}
 
 
 # --- cfg -> the record --------------------------------------------------------------------------

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from nnlab.analysis import AnalysisError, connect, layer_frame, load_history, load_runs  # noqa: E402
-from nnlab.analysis import plots, theory_plots  # noqa: E402
+from nnlab.analysis import instrument_plots, plots, theory_plots  # noqa: E402
 from nnlab.analysis.design import Design, infer_design  # noqa: E402
 from nnlab.analysis.reading import reading  # noqa: E402
 from nnlab.analysis.stats import summary_table, to_markdown  # noqa: E402
@@ -48,6 +48,17 @@ THEORY_FIGURES = {
 # drawn for a variance_scaling grid over init.sigma_w x model.depth (the signal_propagation study)
 TRAINABILITY_FIGURE = {"trainability.png": "Trainability over (sigma_w^2, depth) with the theory's chi_1 = 1 line "
                                            "and 6 xi_c depth"}
+# drawn when the study recorded them (older studies and instruments switched off: no figure)
+INSTRUMENT_FIGURES = {
+    "edge_of_stability.png": ("sharpness", "Sharpness (top Hessian eigenvalue) per epoch with the 2/lr line of "
+                                           "each learning rate, beside the training loss"),
+    "update_ratio_by_layer.png": ("update_ratio", "Update ratio ||dW||/||W|| of the epoch's last step, by layer "
+                                                  "and epoch (log scale)"),
+    "dist_init_by_layer.png": ("dist_init", "Distance from initialisation ||W - W0||/||W0||, by layer and epoch "
+                                            "(log scale)"),
+    "grad_noise_scale.png": ("grad_noise_scale", "Gradient noise scale B_simple over training (log scale)"),
+}
+INSTRUMENT_METRICS = ["update_ratio/layer_*", "dist_init/layer_*", "grad_noise_scale", "sharpness", "sharpness_x_lr"]
 
 
 @dataclass
@@ -71,7 +82,7 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
         raise AnalysisError(f"every run of experiment {experiment!r} failed ({len(runs)} runs); nothing to report")
     history = load_history(experiment, client=client, run_ids=ok["run_id"],
                            metrics=[*CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*", "act_saturation/layer_*",
-                                    "preact_std/layer_*", "theory/*"])
+                                    "preact_std/layer_*", "theory/*", *INSTRUMENT_METRICS])
     _check_history(history, ok, experiment)
     runs, design = infer_design(runs)
     shown = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
@@ -90,12 +101,14 @@ def _check_history(history: pd.DataFrame, ok: pd.DataFrame, experiment: str) -> 
 
 
 def figures(study: Study) -> dict[str, str]:
-    """The figures this study gets: ``FIGURES``, plus the theory's where the record has them."""
+    """The figures this study gets (file name -> caption): ``FIGURES``, plus the theory's and the
+    instruments' where the record has them."""
     out = dict(FIGURES)
     if theory_plots.has_theory(study.history):
         out.update(THEORY_FIGURES)
         if is_trainability_grid(study.runs):
             out.update(TRAINABILITY_FIGURE)
+    out.update({name: caption for name, (caption, _) in instrument_figures(study).items()})
     return out
 
 
@@ -126,11 +139,32 @@ def draw(study: Study, out: Path, metric: str = "test_acc") -> None:
         "jacobian_spectrum.png": lambda: theory_plots.jacobian_spectrum(ok, study.design),
         "trainability.png": lambda: theory_plots.trainability_heatmap(study.runs, metric),
     }
+    makers.update({name: make for name, (_, make) in instrument_figures(study).items()})
     for name in figures(study):
         make = makers[name]
         fig = make()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
+
+
+def instrument_figures(study: Study) -> dict[str, tuple[str, object]]:
+    """The instrument figures this study's record supports: file name -> (caption, draw function)."""
+    ok = study.runs[~study.runs["failed"]]
+    h = study.history
+    makers = {
+        "edge_of_stability.png": lambda: instrument_plots.edge_of_stability(h, ok),
+        "update_ratio_by_layer.png": lambda: instrument_plots.layer_instrument(h, ok, study.design, "update_ratio"),
+        "dist_init_by_layer.png": lambda: instrument_plots.layer_instrument(h, ok, study.design, "dist_init"),
+        "grad_noise_scale.png": lambda: instrument_plots.grad_noise_scale(h, ok, study.design),
+    }
+    out = {}
+    for name, (metric_name, caption) in INSTRUMENT_FIGURES.items():
+        if not instrument_plots.has_metric(h, metric_name):
+            continue
+        if name == "edge_of_stability.png" and not {"activation", "optimizer.lr"} <= set(ok.columns):
+            continue
+        out[name] = (caption, makers[name])
+    return out
 
 
 def index_markdown(study: Study, metric: str = "test_acc") -> str:
@@ -146,6 +180,12 @@ def index_markdown(study: Study, metric: str = "test_acc") -> str:
         lines += [f"- {s}" for s in theory_plots.theory_reading(study.history, ok, study.design)]
         if is_trainability_grid(study.runs):
             lines += [f"- {s}" for s in theory_plots.trainability_reading(study.runs, metric)]
+    if "edge_of_stability.png" in instrument_figures(study):
+        lines += ["", "### Edge of stability", "",
+                  "At the edge, sharpness·lr/2 = 1: gradient descent's step would overshoot along the top Hessian "
+                  "direction (Cohen et al. 2021). Per run, from the recorded `sharpness` and `train_loss` "
+                  "(means over seeds):", ""]
+        lines += [f"- {s}" for s in instrument_plots.edge_reading(study.history, study.runs[~study.runs["failed"]])]
     lines += ["", "## Summary", "", to_markdown(summary_table(study.runs, study.design.by, metric)), "",
               "## Figures", ""]
     for name, caption in figures(study).items():

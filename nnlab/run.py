@@ -42,11 +42,12 @@ def load_data(cfg: DictConfig):
 
 def build(cfg: DictConfig, data) -> tuple[Any, Any, Any]:
     """(model, optimizer, TrainConfig) from a validated config; the core refuses what it cannot build."""
-    from nnlab.core import MLP, TrainConfig, make_optimizer
+    from nnlab.core import MLP, InstrumentConfig, TrainConfig, make_optimizer
 
     model = MLP.from_shape(data.n_features, data.n_classes, **C.model_kwargs(cfg))
     optimizer = make_optimizer(**C.optimizer_kwargs(cfg))
-    return model, optimizer, TrainConfig(**C.trainer_kwargs(cfg))
+    instruments = InstrumentConfig(**C.instrument_kwargs(cfg))
+    return model, optimizer, TrainConfig(**C.trainer_kwargs(cfg), instruments=instruments)
 
 
 def fit_probes(cfg: DictConfig) -> list:

@@ -24,8 +24,11 @@ def test_history_reports_every_record_name_from_epoch_zero(digits):
     expected = {"train_loss", "train_acc", "val_loss", "val_acc", "grad_norm/global"}
     expected |= {f"grad_norm/layer_{i}" for i in range(1, 5)}
     expected |= {f"act_{s}/layer_{i}" for s in ("mean", "std", "saturation") for i in range(1, 4)}
+    expected |= {f"dist_init/layer_{i}" for i in range(1, 5)} | {"grad_noise_scale"}  # default instruments
+    stepped = expected | {f"update_ratio/layer_{i}" for i in range(1, 5)}  # no step before epoch 1
     assert [e for e, _ in seen] == [0, 1, 2, 3]
-    assert all(set(names) == expected for _, names in seen)
+    assert set(seen[0][1]) == expected
+    assert all(set(names) == stepped for _, names in seen[1:])
     assert history.epochs_run == 3 and len(history.epochs) == 4
     assert all(np.isfinite(v) for e in history.epochs for v in e.values())
     assert history.train_seconds > 0
@@ -97,3 +100,13 @@ def test_default_configuration_reaches_97_percent_on_digits(digits):
         TrainConfig(), seed=0)
     _, test_acc = evaluate(model, digits.x_test, digits.y_test)
     assert test_acc >= 0.97
+
+
+def test_train_metrics_are_the_running_mean_over_the_epochs_batches(digits):
+    """Epochs >= 1 report the mean over the epoch's mini-batches, each seen with its own step's weights: with
+    one full batch per epoch, epoch 1's numbers are those of the initial weights (epoch 0's full pass)."""
+    _, history = small_run(digits, epochs=2, optimizer="sgd", lr=0.5, batch_size=10**6, weight_decay=0.0)
+    first, second = history.epochs[0], history.epochs[1]
+    assert second["train_loss"] == pytest.approx(first["train_loss"], rel=1e-5)
+    assert second["train_acc"] == pytest.approx(first["train_acc"])
+    assert history.epochs[2]["train_loss"] < first["train_loss"]  # the step was taken

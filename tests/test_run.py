@@ -44,16 +44,18 @@ def test_one_epoch_run_is_recorded_whole(make_cfg):
     names = set(run.data.metrics)
     per_layer = {f"grad_norm/layer_{i}" for i in range(1, 5)} | {
         f"act_{s}/layer_{i}" for s in ("mean", "std", "saturation") for i in range(1, 4)}
+    per_layer |= {f"dist_init/layer_{i}" for i in range(1, 5)} | {"grad_noise_scale"}  # default instruments
+    after_a_step = {f"update_ratio/layer_{i}" for i in range(1, 5)}
     jacobian = {f"jacobian_sv_{s}" for s in ("mean", "std", "min", "max")}
     theory = {f"{p}/layer_{i}" for p in ("preact_std", "theory/preact_std", "theory/act_std", "theory/chi")
               for i in range(1, 4)} | {f"theory/grad_ratio/layer_{i}" for i in range(1, 5)} | {
         "theory/chi_star", "theory/xi_c"}
-    assert names == RECORD | per_layer | FINAL | jacobian | theory
+    assert names == RECORD | per_layer | after_a_step | FINAL | jacobian | theory
     for name in theory:  # predictions and the measurement they predict: at initialisation only
         assert [m.step for m in make_cfg.client.get_metric_history(run.info.run_id, name)] == [0], name
-    for name in RECORD | per_layer | jacobian:
+    for name in RECORD | per_layer | after_a_step | jacobian:
         steps = sorted(m.step for m in make_cfg.client.get_metric_history(run.info.run_id, name))
-        assert steps == [0, 1, 2], name
+        assert steps == ([1, 2] if name in after_a_step else [0, 1, 2]), name
     assert run.data.metrics["test_acc"] == pytest.approx(final["test_acc"])
     # artifacts: resolved config and the weights as a plain npz (no pickle)
     paths = {a.path for a in make_cfg.client.list_artifacts(run.info.run_id)}

@@ -1,7 +1,8 @@
 """nnlab.core: a from-scratch NumPy MLP and its training loop. Imports neither Hydra nor MLflow."""
 from .activations import ACTIVATIONS, Activation, get_activation
-from .diagnostics import GradNormMeter, activation_stats, preactivation_std
+from .diagnostics import GradNormMeter, TrainMeter, activation_stats, preactivation_std
 from .initializers import INITIALIZERS, get_bias_initializer, get_initializer
+from .instruments import InstrumentConfig, Instruments
 from .jacobian import JacobianProbe, hidden_jacobians, jacobian_singular_values, jacobian_stats
 from .losses import l2_penalty, log_softmax, softmax, softmax_cross_entropy
 from .network import MLP, Dense, Module, hidden_sizes
@@ -10,10 +11,11 @@ from .train import (DivergenceError, History, TrainConfig, accuracy, evaluate, f
                     train_epoch)
 
 __all__ = [
-    "ACTIVATIONS", "Activation", "get_activation", "GradNormMeter", "activation_stats", "preactivation_std",
-    "INITIALIZERS", "get_initializer", "get_bias_initializer", "JacobianProbe", "hidden_jacobians",
-    "jacobian_singular_values", "jacobian_stats", "l2_penalty", "log_softmax", "softmax", "softmax_cross_entropy", "MLP", "Dense", "Module",
+    "ACTIVATIONS", "Activation", "get_activation", "GradNormMeter", "TrainMeter", "activation_stats",
+    "preactivation_std", "INITIALIZERS", "get_initializer", "get_bias_initializer", "JacobianProbe",
+    "hidden_jacobians", "jacobian_singular_values", "jacobian_stats", "l2_penalty", "log_softmax", "softmax",
+    "softmax_cross_entropy", "MLP", "Dense", "Module",
     "hidden_sizes", "OPTIMIZERS", "SCHEDULES", "SGD", "Adam", "Momentum", "Optimizer", "get_schedule",
     "make_optimizer", "DivergenceError", "History", "TrainConfig", "accuracy", "evaluate", "fit",
-    "loss_and_grads", "predict", "train_epoch",
+    "loss_and_grads", "predict", "train_epoch", "InstrumentConfig", "Instruments",
 ]

@@ -34,9 +34,24 @@ class Activation:
     df: Callable[..., Array] | None  # None: derivative is 1 everywhere (identity)
     saturated: Callable[[Array, Array], float]
     params: dict = field(default_factory=dict)
+    f_into: Callable[[Array, Array], Array] | None = None  # f(z) written into a given buffer (training path)
 
     def __call__(self, z: Array) -> Array:
         return self.f(z, **self.params)
+
+    def forward_into(self, z: Array, out: Array) -> Array:
+        """``f(z)`` into ``out`` (same shape) when the activation can write in place, else a new array."""
+        if self.df is None:
+            return z  # identity: the pre-activation is the output
+        if self.f_into is not None:
+            return self.f_into(z, out)
+        return self(z)
+
+    def backward_inplace(self, z: Array, a: Array, grad_a: Array) -> Array:
+        """dL/dz = dL/da * f'(z), overwriting ``grad_a`` (N, units), which the caller owns."""
+        if self.df is not None:
+            grad_a *= self.df(z, a, **self.params)
+        return grad_a
 
     def backward(self, z: Array, a: Array, grad_a: Array) -> Array:
         """dL/dz = dL/da * f'(z) for a batch; shapes (N, units)."""
@@ -81,7 +96,8 @@ ACTIVATIONS: dict[str, Activation] = {
     a.name: a
     for a in [
         Activation("identity", lambda z: z, None, _never),
-        Activation("relu", lambda z: np.maximum(z, 0), lambda z, a: z > 0, _dead_fraction),  # bool: x*True = x
+        Activation("relu", lambda z: np.maximum(z, 0), lambda z, a: z > 0, _dead_fraction,  # bool: x*True = x
+                   f_into=lambda z, out: np.maximum(z, 0, out=out)),
         Activation(
             "leaky_relu",
             lambda z, alpha=0.01: np.where(z > 0, z, alpha * z).astype(z.dtype, copy=False),
@@ -95,7 +111,8 @@ ACTIVATIONS: dict[str, Activation] = {
             lambda z, a: a * (1 - a),
             lambda z, a: float(np.mean((a < 0.01) | (a > 0.99))),
         ),
-        Activation("tanh", np.tanh, lambda z, a: 1 - a * a, lambda z, a: float(np.mean(np.abs(a) > 0.99))),
+        Activation("tanh", np.tanh, lambda z, a: 1 - a * a, lambda z, a: float(np.mean(np.abs(a) > 0.99)),
+                   f_into=lambda z, out: np.tanh(z, out=out)),
         Activation(
             "elu",
             _elu,
@@ -128,4 +145,4 @@ def get_activation(name: str | Activation, **params: float) -> Activation:
     if unknown:
         valid = ", ".join(sorted(act.params)) or "none"
         raise ValueError(f"activation {name!r} got unknown parameter(s) {sorted(unknown)}; valid: {valid}")
-    return Activation(act.name, act.f, act.df, act.saturated, {**act.params, **params})
+    return Activation(act.name, act.f, act.df, act.saturated, {**act.params, **params}, act.f_into)

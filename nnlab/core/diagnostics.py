@@ -4,6 +4,8 @@ Names returned here are the MLflow metric names (see DESIGN.md); layer i = 1 is 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .network import MLP
@@ -31,7 +33,7 @@ class GradNormMeter:
     def update(self, model: MLP) -> None:
         """Add the gradients of one step, as left in ``model`` by its backward pass."""
         self._layer_sum += np.sqrt(squared_norms([layer.dW for layer in model.layers]))  # weights only
-        self._global_sum += float(np.sqrt(np.vdot(model.flat_grads, model.flat_grads)))
+        self._global_sum += math.sqrt(np.vdot(model.flat_grads, model.flat_grads))
         self._steps += 1
 
     def summary(self) -> dict[str, float]:
@@ -39,6 +41,26 @@ class GradNormMeter:
         out = {f"grad_norm/layer_{i}": float(s / steps) for i, s in enumerate(self._layer_sum, 1)}
         out["grad_norm/global"] = self._global_sum / steps
         return out
+
+
+class TrainMeter:
+    """Running ``train_loss`` (cross-entropy without weight decay) and ``train_acc`` over an epoch's
+    mini-batches, each batch seen with the weights of its own step: free, since the logits exist anyway."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self._loss_sum, self._correct, self._n = 0.0, 0, 0
+
+    def update(self, loss: float, logits: Array, y: Array) -> None:
+        """One batch: its mean loss, its (N, C) logits and (N,) labels."""
+        self._loss_sum += loss * len(y)
+        self._correct += int(np.count_nonzero(logits.argmax(axis=1) == y))
+        self._n += len(y)
+
+    def summary(self) -> dict[str, float]:
+        return {"train_loss": self._loss_sum / max(self._n, 1), "train_acc": self._correct / max(self._n, 1)}
 
 
 def activation_stats(model: MLP, x_probe: Array) -> dict[str, float]:

@@ -29,7 +29,7 @@ def softmax_cross_entropy(logits: Array, y: Array) -> tuple[float, Array]:
     shifted = logits - logits.max(axis=1, keepdims=True)  # largest logit becomes 0: exp never overflows
     dlogits = np.exp(shifted)
     total = dlogits.sum(axis=1, keepdims=True)  # in [1, C]: its log is safe
-    loss = float(np.mean(np.log(total[:, 0]) - shifted[rows, y]))  # -log p_y = log sum e^s - s_y
+    loss = float((np.log(total[:, 0]) - shifted[rows, y]).sum()) / n  # mean of -log p_y = log sum e^s - s_y
     dlogits /= total
     dlogits[rows, y] -= 1.0
     dlogits /= n

@@ -45,19 +45,40 @@ class Dense(Module):
         self.db[...] = 0
         self.activation = activation
         self.x = self.z = self.a = None  # cached by forward for backward
+        self.grad_z = None  # dL/dz (N, fan_out) of the last backward pass (per-sample gradient norms use it)
+        self._buffers: dict[tuple[str, int], Array] = {}
+
+    def _buffer(self, name: str, n: int) -> Array:
+        """A reusable (n, fan_out) work array: the training loop allocates nothing per step.
+
+        Only the last two batch sizes are kept (the full batches and the epoch's remainder)."""
+        key = (name, n)
+        buf = self._buffers.get(key)
+        if buf is None:
+            if len(self._buffers) >= 6:  # z, a, dx for two sizes
+                self._buffers.pop(next(iter(self._buffers)))
+            width = self.W.shape[1] if name != "dx" else self.W.shape[0]
+            buf = self._buffers[key] = np.empty((n, width), self.W.dtype)
+        return buf
 
     def forward(self, x: Array) -> Array:
-        self.x = x                       # (N, fan_in)
-        self.z = x @ self.W + self.b     # (N, fan_out)
-        self.a = self.activation(self.z)  # (N, fan_out)
+        """(N, fan_in) -> (N, fan_out). The output is a work array, overwritten by the next call of
+        the same batch size; ``MLP.forward`` hands callers a copy."""
+        self.x = x                                           # (N, fan_in)
+        self.z = np.matmul(x, self.W, out=self._buffer("z", len(x)))  # (N, fan_out)
+        self.z += self.b
+        self.a = self.activation.forward_into(self.z, self._buffer("a", len(x)))  # (N, fan_out)
         return self.a
 
-    def backward(self, grad_a: Array) -> Array:
-        """Fill dW, db from dL/da (N, fan_out); return dL/dx (N, fan_in)."""
-        grad_z = self.activation.backward(self.z, self.a, grad_a)
+    def backward(self, grad_a: Array, input_grad: bool = True) -> Array | None:
+        """Fill dW, db from dL/da (N, fan_out), which is overwritten; return dL/dx (N, fan_in)
+        unless ``input_grad`` is False (the first layer: nothing below needs it)."""
+        grad_z = self.grad_z = self.activation.backward_inplace(self.z, self.a, grad_a)
         np.matmul(self.x.T, grad_z, out=self.dW)
-        np.sum(grad_z, axis=0, out=self.db)
-        return grad_z @ self.W.T
+        np.add.reduce(grad_z, axis=0, out=self.db)
+        if not input_grad:
+            return None
+        return np.matmul(grad_z, self.W.T, out=self._buffer("dx", len(grad_z)))
 
     def parameters(self) -> list[Array]:
         return [self.W, self.b]
@@ -103,6 +124,7 @@ class MLP(Module):
             for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))
         ]
         self.params = params
+        self._scratch: list[Array] | None = None  # weight-shaped work arrays for add_weight_decay
 
     @classmethod
     def from_shape(cls, n_in: int, n_out: int, depth: int, width: int | Sequence[int], **kwargs) -> "MLP":
@@ -118,19 +140,37 @@ class MLP(Module):
     def weights(self) -> list[Array]:
         return [layer.W for layer in self.layers]
 
-    def forward(self, x: Array) -> Array:
-        """(N, n_in) inputs -> (N, n_out) logits."""
+    def forward(self, x: Array, *, reuse: bool = False) -> Array:
+        """(N, n_in) inputs -> (N, n_out) logits (a fresh array; ``reuse=True`` returns the last
+        layer's work array instead, overwritten by the next forward pass: the training loop's choice)."""
         for layer in self.layers:
             x = layer.forward(x)
-        return x
+        return x if reuse else x.copy()
 
     __call__ = forward
 
     def backward(self, dlogits: Array) -> None:
-        """Backpropagate dL/dlogits (N, n_out), filling every layer's gradients."""
+        """Backpropagate dL/dlogits (N, n_out), filling every layer's gradients; ``dlogits`` may be
+        overwritten. The input layer's dL/dx is not computed: nothing uses it."""
         grad = dlogits
-        for layer in reversed(self.layers):
-            grad = layer.backward(grad)
+        for i in range(len(self.layers) - 1, -1, -1):
+            grad = self.layers[i].backward(grad, input_grad=i > 0)
+
+    def views(self, flat: Array) -> list[Array]:
+        """Views of a flat vector shaped like ``params`` ([W1, b1, ..., W_L, b_L]); ``flat`` (P,)."""
+        out, start = [], 0
+        for p in self.params:
+            out.append(flat[start : start + p.size].reshape(p.shape))
+            start += p.size
+        return out
+
+    def add_weight_decay(self, weight_decay: float) -> None:
+        """dW += weight_decay * W for every layer (biases are not decayed), without temporaries."""
+        if self._scratch is None:
+            self._scratch = self.views(np.empty_like(self.flat_params))[0::2]
+        for layer, scratch in zip(self.layers, self._scratch):
+            np.multiply(layer.W, weight_decay, out=scratch)
+            layer.dW += scratch
 
     def hidden_activations(self) -> list[tuple[Array, Array]]:
         """(z, a) of each hidden layer from the last forward pass, input side first."""

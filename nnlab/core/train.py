@@ -12,7 +12,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .diagnostics import GradNormMeter, activation_stats
+from .diagnostics import GradNormMeter, TrainMeter, activation_stats
+from .instruments import InstrumentConfig, Instruments
 from .losses import l2_penalty, softmax_cross_entropy
 from .network import MLP
 from .optim import Optimizer, get_schedule
@@ -41,8 +42,15 @@ class TrainConfig:
     schedule_params: dict = field(default_factory=dict)
     patience: int | None = None  # stop after this many epochs without a better val_acc
     probe_size: int = 512  # training samples used for activation statistics
+    train_eval_size: int | None = 5000  # train_loss/train_acc (and epoch 0's gradient) on this many; None = all
+    instruments: InstrumentConfig = field(default_factory=InstrumentConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.instruments, dict):
+            self.instruments = InstrumentConfig(**self.instruments)
+        tes = self.train_eval_size
+        if tes is not None and (isinstance(tes, bool) or not isinstance(tes, (int, np.integer)) or tes < 1):
+            raise ValueError(f"train_eval_size must be None or an integer >= 1, got {tes!r}")
         for name in ("epochs", "batch_size", "probe_size"):
             value = getattr(self, name)
             low = 0 if name == "epochs" else 1
@@ -96,42 +104,71 @@ def evaluate(model: MLP, x: Array, y: Array, batch_size: int = 4096) -> tuple[fl
     return loss_sum / len(x), correct / len(x)
 
 
-def loss_and_grads(model: MLP, x: Array, y: Array, weight_decay: float = 0.0) -> float:
-    """Forward + backward on one batch: fills ``model.grads()``, returns the regularised loss."""
-    loss, dlogits = softmax_cross_entropy(model.forward(x), y)
+def loss_and_grads(model: MLP, x: Array, y: Array, weight_decay: float = 0.0,
+                   train_meter: TrainMeter | None = None) -> float:
+    """Forward + backward on one batch: fills ``model.grads()``, returns the regularised loss.
+
+    ``train_meter`` (if given) is shown the batch's loss and logits."""
+    logits = model.forward(x, reuse=True)
+    loss, dlogits = softmax_cross_entropy(logits, y)
+    if train_meter is not None:
+        train_meter.update(loss, logits, y)
     model.backward(dlogits)
     if weight_decay:
         loss += l2_penalty(model.weights, weight_decay)
-        for layer in model.layers:
-            layer.dW += weight_decay * layer.W
+        model.add_weight_decay(weight_decay)
     return loss
 
 
 def train_epoch(model: MLP, optimizer: Optimizer, x: Array, y: Array, batch_size: int,
-                rng: np.random.Generator, meter: GradNormMeter, weight_decay: float = 0.0) -> float:
-    """One pass over (x, y) in shuffled mini-batches; returns the mean regularised batch loss."""
+                rng: np.random.Generator, meter: GradNormMeter, weight_decay: float = 0.0,
+                instruments: Instruments | None = None, train_meter: TrainMeter | None = None) -> float:
+    """One pass over (x, y) in shuffled mini-batches; returns the mean regularised batch loss.
+
+    ``instruments`` (if given) is shown the parameters just before the epoch's last step; ``train_meter``
+    (if given) every batch's loss and logits."""
     order = rng.permutation(len(x))
     # The optimiser sees the whole network as one flat vector: one update instead of one per array.
     params, grads = [model.flat_params], [model.flat_grads]
+    # Each batch is gathered into one reused array (a fresh one per step costs page faults at MNIST scale).
+    batch = np.empty((min(batch_size, len(x)), *x.shape[1:]), x.dtype)
     total = 0.0
+    last = (len(x) - 1) // batch_size * batch_size
     for start in range(0, len(x), batch_size):
         idx = order[start : start + batch_size]
-        loss = loss_and_grads(model, x[idx], y[idx], weight_decay)
+        xb = np.take(x, idx, axis=0, out=batch[: len(idx)])
+        loss = loss_and_grads(model, xb, y[idx], weight_decay, train_meter)
         if not math.isfinite(loss):
             return loss
         meter.update(model)
+        if instruments is not None and start == last:
+            instruments.before_last_step(model)
         optimizer.step(params, grads)
         total += loss * len(idx)
     return total / len(x)
 
 
 def epoch_metrics(model: MLP, x_train: Array, y_train: Array, x_val: Array, y_val: Array,
-                  x_probe: Array, meter: GradNormMeter) -> dict[str, float]:
-    """The record of one epoch: losses, accuracies, gradient norms, activation statistics."""
-    train_loss, train_acc = evaluate(model, x_train, y_train)
+                  x_probe: Array, meter: GradNormMeter, instruments: Instruments | None = None, *,
+                  epoch: int = 0, weight_decay: float = 0.0, lr: float = 0.0,
+                  train_eval_size: int | None = None, train_meter: TrainMeter | None = None) -> dict[str, float]:
+    """The record of one epoch: losses, accuracies, gradient norms, activation statistics, instruments.
+
+    ``train_loss``/``train_acc``: the running mean over the epoch's mini-batches when ``train_meter`` saw
+    them (epochs >= 1: free), else a pass over the first ``train_eval_size`` training rows (epoch 0).
+    ``val_loss``/``val_acc``: a pass over the validation split with the epoch's final weights."""
+    if train_meter is not None:
+        train = train_meter.summary()
+    else:
+        loss, acc = evaluate(model, x_train[:train_eval_size], y_train[:train_eval_size])
+        train = {"train_loss": loss, "train_acc": acc}
     val_loss, val_acc = evaluate(model, x_val, y_val)
-    return {"train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss, "val_acc": val_acc,
-            **meter.summary(), **activation_stats(model, x_probe)}
+    metrics = {**train, "val_loss": val_loss, "val_acc": val_acc,
+               **meter.summary(), **activation_stats(model, x_probe)}
+    if instruments is not None:  # after activation_stats: the noise scale reuses its forward pass of the probe
+        probe = (x_probe, y_train[: len(x_probe)])
+        metrics.update(instruments.measure(model, epoch, x_train, y_train, weight_decay, lr, probe))
+    return metrics
 
 
 def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val: Array, y_val: Array,
@@ -139,10 +176,10 @@ def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val:
         callback: Callback | None = None, probes: Sequence[Probe] = ()) -> History:
     """Train ``model`` on (N, n_in) ``x_train`` / (N,) ``y_train``; report every epoch to ``callback``.
 
-    Epoch 0 is measured before any update; its gradient norms are those of the full training
-    batch. Each of ``probes`` (e.g. ``nnlab.core.jacobian.JacobianProbe``) adds its metrics to every
-    epoch's record, computed on the fixed probe batch. Raises ``DivergenceError`` as soon as a loss
-    is NaN or infinite.
+    Epoch 0 is measured before any update; its gradient norms are those of one batch of the first
+    ``config.train_eval_size`` training samples (the training metrics' subset). Each of ``probes``
+    (e.g. ``nnlab.core.jacobian.JacobianProbe``) adds its metrics to every epoch's record, computed on
+    the fixed probe batch. Raises ``DivergenceError`` as soon as a loss is NaN or infinite.
     """
     config = config or TrainConfig()
     rng = rng if rng is not None else np.random.default_rng(seed)
@@ -151,11 +188,15 @@ def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val:
     schedule = get_schedule(config.schedule, **config.schedule_params)
     base_lr = optimizer.lr
     meter = GradNormMeter(len(model.layers))
+    train_meter = TrainMeter()
+    instruments = Instruments(config.instruments, model)
     history = History()
     start = time.perf_counter()
 
     def record(epoch: int) -> None:
-        metrics = epoch_metrics(model, x_train, y_train, x_val, y_val, x_probe, meter)
+        metrics = epoch_metrics(model, x_train, y_train, x_val, y_val, x_probe, meter, instruments, epoch=epoch,
+                                weight_decay=config.weight_decay, lr=optimizer.lr,
+                                train_eval_size=config.train_eval_size, train_meter=train_meter if epoch else None)
         for probe in probes:
             metrics.update(probe(model, x_probe))
         if not math.isfinite(metrics["train_loss"]):
@@ -167,16 +208,20 @@ def fit(model: MLP, optimizer: Optimizer, x_train: Array, y_train: Array, x_val:
     # Overflow on the way to a NaN loss is expected when training diverges; the loss check below
     # turns it into one DivergenceError instead of a page of RuntimeWarnings.
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        init_loss = loss_and_grads(model, x_train, y_train, config.weight_decay)
+        n_eval = config.train_eval_size
+        init_loss = loss_and_grads(model, x_train[:n_eval], y_train[:n_eval], config.weight_decay)
         if not math.isfinite(init_loss):
             raise DivergenceError(0, init_loss)
         meter.update(model)
+        optimizer.lr = schedule(base_lr, 0, config.epochs)  # the rate the first epoch uses (sharpness_x_lr)
         record(0)
         best, since_best = history.best_val_acc, 0
         for epoch in range(1, config.epochs + 1):
             optimizer.lr = schedule(base_lr, epoch - 1, config.epochs)
             meter.reset()
-            loss = train_epoch(model, optimizer, x_train, y_train, config.batch_size, rng, meter, config.weight_decay)
+            train_meter.reset()
+            loss = train_epoch(model, optimizer, x_train, y_train, config.batch_size, rng, meter, config.weight_decay,
+                               instruments, train_meter)
             if not math.isfinite(loss):
                 raise DivergenceError(epoch, loss)
             record(epoch)
