@@ -43,18 +43,6 @@ class TrainerConfig:
 
 
 @dataclass
-class DiagnosticsConfig:
-    """Per-epoch instruments (nnlab.core.instruments); an instrument that is off is absent from the record."""
-
-    update_ratio: bool = True  # update_ratio/layer_{i}: the epoch's last step, relative to the weights
-    dist_init: bool = True  # dist_init/layer_{i}: distance from the initial weights, relative
-    grad_noise_scale: bool = True  # grad_noise_scale: B_simple on the probe batch (trainer.probe_size samples)
-    sharpness_every: int = 0  # sharpness + sharpness_x_lr every this many epochs; 0 = off
-    sharpness_size: int = 1000  # training samples the Hessian is taken on
-    sharpness_iters: int = 20  # power iterations per measurement
-
-
-@dataclass
 class TrackingConfig:
     uri: Optional[str] = None  # null -> $MLFLOW_TRACKING_URI -> sqlite:///mlflow.db in the cwd
     experiment: str = "nnlab"
@@ -64,9 +52,18 @@ class TrackingConfig:
 
 @dataclass
 class DiagnosticsConfig:
+    """Extra measurements: the theory, the Jacobian probe and the per-epoch instruments
+    (nnlab.core.instruments). One that is off is absent from the record."""
+
     theory: bool = True  # mean-field predictions (nnlab.theory) and measured preact_std, at epoch 0
     jacobian: bool = True  # singular values of the hidden stack's Jacobian d a^L / d x, every epoch
     jacobian_inputs: int = 4  # probe inputs (the first rows of the probe batch) the Jacobian is taken at
+    update_ratio: bool = True  # update_ratio/layer_{i}: the epoch's last step, relative to the weights
+    dist_init: bool = True  # dist_init/layer_{i}: distance from the initial weights, relative
+    grad_noise_scale: bool = True  # grad_noise_scale: B_simple on the probe batch (trainer.probe_size samples)
+    sharpness_every: int = 0  # sharpness + sharpness_x_lr every this many epochs; 0 = off
+    sharpness_size: int = 1000  # training samples the Hessian is taken on
+    sharpness_iters: int = 20  # power iterations per measurement
 
 
 @dataclass
@@ -81,7 +78,6 @@ class Config:
     seed: int = 0
     blas_threads: Optional[int] = 1  # BLAS threads while training; None = the library's default
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
-    diagnostics: DiagnosticsConfig = field(default_factory=DiagnosticsConfig)
     resume: bool = False  # a sweep: skip every job whose config already has a FINISHED run
 
 
