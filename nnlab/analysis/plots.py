@@ -65,7 +65,8 @@ def final_accuracy(runs: pd.DataFrame, design: Design, metric: str = "test_acc")
         for offset, hue in zip(offsets, hues):
             rows = part[part[design.hue] == hue].set_index(x).reindex(xs)
             pos = np.arange(len(xs)) + offset
-            err = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
+            # an interval over 3 seeds can reach past [0, 1]; accuracy cannot, so the bars stop there
+            err = np.vstack([rows["mean"] - rows["ci_low"].clip(lower=0), rows["ci_high"].clip(upper=1) - rows["mean"]])
             ax.errorbar(pos, rows["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=3, color=colors[hue],
                         label=str(hue))
         ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=30 if len(xs) > 4 else 0)
@@ -172,7 +173,7 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
     for ax in axes[:, 0]:
         ax.set_ylabel("loss")
     _legend(fig, axes, design.hue)
-    fig.suptitle(f"Learning curves: {metrics[0]} (solid), {metrics[1]} (dashed); mean over seeds, "
+    fig.suptitle(f"Learning curves: {metrics[0]} (solid), {metrics[1]} (dashed)\nmean over seeds, "
                  "band = min to max")
     return fig
 
