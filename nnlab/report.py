@@ -25,7 +25,9 @@ matplotlib.use("Agg")  # headless: before pyplot is imported anywhere below
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from nnlab.analysis import AnalysisError, connect, layer_frame, load_history, load_runs  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from nnlab.analysis import AnalysisError, check_metrics, connect, layer_frame, load_history, load_runs  # noqa: E402
 from nnlab.analysis import plots  # noqa: E402
 from nnlab.analysis.design import Design, infer_design  # noqa: E402
 from nnlab.analysis.reading import reading  # noqa: E402
@@ -54,10 +56,19 @@ class Study:
     design: Design
 
 
-def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "test_acc") -> Study:
-    """Read and check a study; ``AnalysisError`` if it cannot be reported."""
-    client = connect(tracking_uri)
-    runs = load_runs(experiment, client=client, require=[metric])
+def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "test_acc", *,
+               client: MlflowClient | None = None, parent_run_id: str | None = None) -> Study:
+    """Read and check a study; ``AnalysisError`` if it cannot be reported.
+
+    ``parent_run_id``: only the child runs of that sweep (default: every training run of the experiment).
+    """
+    client = client or connect(tracking_uri)
+    runs = load_runs(experiment, client=client)
+    if parent_run_id is not None:
+        runs = runs[runs["parent_run_id"] == parent_run_id].reset_index(drop=True)
+        if runs.empty:
+            raise AnalysisError(f"sweep {parent_run_id} of experiment {experiment!r} has no child runs")
+    check_metrics(runs, [metric], experiment)
     ok = runs[~runs["failed"]]
     if ok.empty:
         raise AnalysisError(f"every run of experiment {experiment!r} failed ({len(runs)} runs); nothing to report")
@@ -66,6 +77,8 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
     _check_history(history, ok, experiment)
     runs, design = infer_design(runs)
     shown = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if parent_run_id is not None:
+        shown = f"{shown}, sweep {parent_run_id}"
     return Study(experiment, shown, runs, history, layer_frame(history), design)
 
 
@@ -116,8 +129,35 @@ def index_markdown(study: Study, metric: str = "test_acc") -> str:
 def write_report(experiment: str, out: str | Path, tracking_uri: str | None = None,
                  metric: str = "test_acc") -> Path:
     """Read the study, draw it into a temporary folder, then move that folder to ``out``."""
-    study = load_study(experiment, tracking_uri, metric)
-    out = Path(out)
+    return _write(load_study(experiment, tracking_uri, metric), Path(out), metric)
+
+
+class SweepReportError(RuntimeError):
+    """A sweep's report cannot be drawn (no finished run, missing metrics, unreachable store, a plot
+    that failed); the message says why in one line."""
+
+
+def write_sweep_report(client_or_uri: MlflowClient | str, experiment_id: str, parent_run_id: str,
+                       out_dir: str | Path, metric: str = "test_acc") -> list[Path]:
+    """Draw the report of ONE sweep (the child runs of ``parent_run_id``) into ``out_dir``.
+
+    Returns the written files (``index.md`` first, then the figures), e.g. to log them as the parent
+    run's artifacts. Raises ``SweepReportError`` (one-line message) if the report cannot be drawn;
+    ``out_dir`` is then left as it was (written whole or not at all).
+    """
+    try:
+        client = MlflowClient(client_or_uri) if isinstance(client_or_uri, str) else client_or_uri
+        experiment = client.get_experiment(experiment_id).name
+        study = load_study(experiment, client.tracking_uri, metric, client=client, parent_run_id=parent_run_id)
+        out = _write(study, Path(out_dir), metric)
+    except Exception as err:  # the caller closes its sweep whatever happened here
+        first = (str(err).splitlines() or [""])[0]
+        raise SweepReportError(f"no report for sweep {parent_run_id}: {type(err).__name__}: {first}") from err
+    return [out / "index.md", *(out / name for name in FIGURES)]
+
+
+def _write(study: Study, out: Path, metric: str) -> Path:
+    """Draw ``study`` into a temporary folder next to ``out``, then move it into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a report is meant to be read
