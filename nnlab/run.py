@@ -46,6 +46,20 @@ def load_data(cfg: DictConfig):
     return _cached_dataset(tuple(sorted(C.dataset_kwargs(cfg).items())))
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_inputs(key: tuple[tuple[str, Any], ...]) -> list:
+    from nnlab.tracking import dataset_inputs
+
+    data = _cached_dataset(key)
+    splits = {s: (getattr(data, f"x_{s}"), getattr(data, f"y_{s}")) for s in ("train", "val", "test")}
+    return dataset_inputs(data.name, splits, {"nnlab.data.load_dataset": ", ".join(f"{k}={v}" for k, v in key)})
+
+
+def dataset_inputs(cfg: DictConfig) -> list:
+    """The configured dataset's MLflow inputs (name, digest and size per split; computed once per process)."""
+    return _cached_inputs(tuple(sorted(C.dataset_kwargs(cfg).items())))
+
+
 def build(cfg: DictConfig, data) -> tuple[Any, Any, Any]:
     """(model, optimizer, TrainConfig) from a validated config; the core refuses what it cannot build."""
     from nnlab.core import MLP, TrainConfig, make_optimizer
@@ -157,6 +171,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     with tracker.start_run(experiment_id, name, _run_tags(cfg, context), parent_id,
                            cfg.tracking.flush_seconds) as run:
         run.log_params({**C.group_choices(cfg, context.get("choices")), **C.flat_params(cfg)})
+        run.log_inputs(dataset_inputs(cfg))
         bar = progress(name, train_config.epochs, _show_bar(context))
         with bar as show, blas_threads(_blas_limit(cfg, context)):
             def record(epoch: int, metrics: dict[str, float]) -> None:

@@ -177,6 +177,12 @@ class RunLogger:
             metrics, params, tags = metrics[_MAX_METRICS:], params[_MAX_PARAMS:], tags[_MAX_TAGS:]
         self._last_flush = time.monotonic()
 
+    def log_inputs(self, datasets: list) -> None:
+        """Record ``mlflow.entities.DatasetInput``s (see :func:`dataset_inputs`): the runs table's
+        Dataset column and its ``dataset.name`` / ``dataset.digest`` filters."""
+        with uninterrupted():
+            self.client.log_inputs(self.run_id, datasets=datasets)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
@@ -203,6 +209,28 @@ class RunLogger:
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.close(exc)
         return False
+
+
+# --- what a run trained on -----------------------------------------------------------------------
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # mlflow.data.context
+
+
+def dataset_inputs(name: str, splits: Mapping[str, tuple[Any, Any]], source: Mapping[str, str]) -> list:
+    """One MLflow dataset input per split: ``name``, a digest of the split's arrays (features
+    (N, n_features) and labels (N,), as the model sees them), its shapes in the profile, and the
+    split as ``mlflow.data.context`` (``training``, ``validation``, ``testing``). ``source``: how
+    the data was made (``load_dataset``'s arguments), shown as the dataset's code source."""
+    import mlflow.data
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for split, (x, y) in splits.items():
+        dataset = mlflow.data.from_numpy(x, source=CodeDatasetSource(dict(source)), targets=y, name=name)
+        context = DATASET_CONTEXTS.get(split, split)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    return inputs
 
 
 @functools.lru_cache(maxsize=8)
