@@ -32,6 +32,13 @@ from omegaconf import DictConfig, OmegaConf
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3 UI: open on training runs
+# the metric the UI's chart view draws first (read from this experiment tag by MLflow 3's UI)
+PRIMARY_METRIC = ("mlflow.experiment.primaryMetric.name", "test_acc")
+# MLflow 3.17's UI chooses its navigation (GenAI or model training) from this URL parameter, else from
+# the browser's last choice in the sidebar switch (GenAI by default); it does not read the experiment's
+# mlflow.experimentKind tag. So every link nnlab prints carries it.
+UI_WORKFLOW = "workflowType=machine_learning"
+UI_BEST_FIRST = "orderByKey=metrics.%60test_acc%60&orderByAsc=false"  # runs table sorted best first
 PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "nnlab.failure"
 # how a sweep's launching process tells its jobs (in-process or joblib workers) where they belong
@@ -57,9 +64,17 @@ def sqlite_path(uri: str, base: str | Path | None = None) -> Path | None:
     return (Path(base or Path.cwd()) / path).resolve()
 
 
+def ui_path(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI's address (after the server) of an experiment's runs, best ``test_acc`` first, or of one
+    run, both in the model-training navigation: ``#/experiments/1/runs?workflowType=machine_learning&...``."""
+    if run_id is not None:
+        return f"#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
+    return f"#/experiments/{experiment_id}/runs?{UI_WORKFLOW}&{UI_BEST_FIRST}"
+
+
 def ui_hint(uri: str, experiment_id: str) -> str:
     """The command that opens the MLflow UI on this store, and the link to the experiment's runs."""
-    runs = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    runs = ui_path(experiment_id)
     if uri.startswith(("http://", "https://")):
         return f"MLflow runs: {uri.rstrip('/')}/{runs}"
     shown = uri
@@ -284,7 +299,7 @@ class Tracker:
             try:
                 with uninterrupted():
                     return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
-                                                         tags=dict([EXPERIMENT_KIND]))
+                                                         tags=dict([EXPERIMENT_KIND, PRIMARY_METRIC]))
             except MlflowException as err:  # another process created it in between
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
@@ -295,6 +310,8 @@ class Tracker:
                              "or choose another tracking.experiment")
         if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
             self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        if PRIMARY_METRIC[0] not in experiment.tags:  # a user's own choice stays
+            self.client.set_experiment_tag(experiment.experiment_id, *PRIMARY_METRIC)
         return experiment.experiment_id
 
     def start_run(self, experiment_id: str, name: str, tags: Mapping[str, Any] | None = None,
