@@ -34,10 +34,12 @@ from nnlab.analysis.reading import reading  # noqa: E402
 from nnlab.analysis.stats import summary_table, to_markdown  # noqa: E402
 
 CURVE_METRICS = ("train_loss", "val_loss")
+ACC_CURVE_METRICS = ("train_acc", "val_acc")
 FIGURES = {
     "final_accuracy.png": "Final test accuracy per configuration, mean and 95% CI over seeds",
     "accuracy_heatmap.png": "Mean test accuracy as a heatmap",
-    "learning_curves.png": "Train (solid) and validation (dashed) loss per epoch, mean and range over seeds",
+    "learning_curves.png": "Train (solid) and validation (dashed) loss per epoch, mean and 95% CI over seeds",
+    "accuracy_curves.png": "Train (solid) and validation (dashed) accuracy per epoch, mean and 95% CI over seeds",
     "grad_norm_by_layer.png": "Per-layer gradient norm at initialisation and after training (log scale)",
     "act_std_by_layer.png": "Per-layer activation std at initialisation and after training (log scale)",
     "act_saturation_by_layer.png": "Per-layer saturated (tanh/sigmoid/softsign) or dead (ReLU-like) fraction",
@@ -73,7 +75,7 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
     if ok.empty:
         raise AnalysisError(f"every run of experiment {experiment!r} failed ({len(runs)} runs); nothing to report")
     history = load_history(experiment, client=client, run_ids=ok["run_id"],
-                           metrics=[*CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*", "act_saturation/layer_*"])
+                           metrics=[*CURVE_METRICS, *ACC_CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*", "act_saturation/layer_*"])
     _check_history(history, ok, experiment)
     runs, design = infer_design(runs)
     shown = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
@@ -100,6 +102,7 @@ def draw(study: Study, out: Path, metric: str = "test_acc") -> None:
         "final_accuracy.png": lambda: plots.final_accuracy(study.runs, study.design, metric),
         "accuracy_heatmap.png": lambda: plots.accuracy_heatmap(study.runs, study.design, metric),
         "learning_curves.png": lambda: plots.learning_curves(study.history, ok, study.design, CURVE_METRICS),
+        "accuracy_curves.png": lambda: plots.learning_curves(study.history, ok, study.design, ACC_CURVE_METRICS),
         "grad_norm_by_layer.png": lambda: plots.layer_profile(study.layers, ok, study.design, "grad_norm"),
         "act_std_by_layer.png": lambda: plots.layer_profile(study.layers, ok, study.design, "act_std"),
         "act_saturation_by_layer.png": lambda: plots.layer_profile(study.layers, ok, study.design,
