@@ -114,10 +114,28 @@ def _show_bar(context: dict) -> bool:
 
 
 def summary_line(context: dict, name: str, final: dict[str, float], best_val: float) -> str:
-    """``[3/24] relu-he-d4-s0  test_acc=0.9750  val_acc=0.9815  12.3s``"""
-    where = f"[{context.get('job_num', 0) + 1}/{context.get('sweep_size', '1')}]"
+    """``[3/24] relu-he-d4-s0  test_acc=0.9750  best_val_acc=0.9815  epochs=30  0.2s  (1 failed, ETA 42s)``:
+    in a sweep, the count is of jobs done so far (any worker), then the sweep's failures and time left."""
+    progress = sweep_progress(context, ok=True)
+    where = progress.counter() if progress else "[1/1]"
+    status = f"  ({progress.status()})" if progress and progress.status() else ""
     return (f"{where} {name}  test_acc={final['test_acc']:.4f}  best_val_acc={best_val:.4f}  "
-            f"epochs={int(final['epochs_run'])}  {final['train_seconds']:.1f}s")
+            f"epochs={int(final['epochs_run'])}  {final['train_seconds']:.1f}s{status}")
+
+
+def sweep_progress(context: dict, ok: bool):
+    """Record that this sweep job ended; the sweep's ``nnlab.progress.Progress`` (None outside a sweep)."""
+    if not context.get("multirun"):
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    from nnlab.progress import record
+
+    hc = HydraConfig.get()
+    depth = len(Path(str(hc.sweep.subdir)).parts)  # output_dir = <sweep dir>/<subdir>
+    sweep_dir = Path(hc.runtime.output_dir).parents[depth - 1]
+    size = str(context.get("sweep_size", "?"))
+    return record(sweep_dir, ok, int(size) if size.isdigit() else None)
 
 
 # --- record -------------------------------------------------------------------------------------
@@ -227,7 +245,9 @@ def main(cfg: DictConfig) -> float | None:
         with _sigterm_as_interrupt():
             return train(cfg)["test_acc"]
     except Exception as err:  # the run (if any) is already closed as FAILED
-        print(_one_line(err, cfg, context), file=sys.stderr, flush=True)
+        progress = sweep_progress(context, ok=False)
+        print((f"{progress.counter()} " if progress else "") + _one_line(err, cfg, context), file=sys.stderr,
+              flush=True)
         if context.get("multirun"):
             return None  # the sweep goes on; SweepCallback counts failures and exits 1 at the end
         sys.exit(2 if isinstance(err, C.ConfigError) else 1)
@@ -241,7 +261,12 @@ def cli() -> None:
 
 if __name__ == "__main__":
     # call main through the importable module, not __main__: joblib workers then unpickle the task
-    # function by reference (nnlab.run.main) instead of by value with this module's globals
+    # function by reference (nnlab.run.main) instead of by value with this module's globals.
+    # They need nothing else from __main__, so tell multiprocessing there is no main module to rebuild
+    # in them: it would run this file again as __mp_main__ in every worker, where the preloaded
+    # nnlab.run already is (runpy's "'nnlab.run' found in sys.modules" RuntimeWarning, once a worker).
+    __spec__ = None
+    del __file__
     from nnlab.run import cli as _cli
 
     _cli()
