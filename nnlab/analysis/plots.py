@@ -44,9 +44,9 @@ def _palette(frame: pd.DataFrame, hue: str) -> dict:
     return dict(zip(names, sns.color_palette("colorblind", len(names))))
 
 
-def _subplots(n_rows: int, n_cols: int, panel_w: float, panel_h: float, extra_w: float = 1.8, **kwargs):
-    """A constrained-layout grid no wider than ``MAX_WIDTH`` (panels shrink to fit, down to 1.8 in)."""
-    panel_w = max(1.8, min(panel_w, (MAX_WIDTH - extra_w) / n_cols))
+def _subplots(n_rows: int, n_cols: int, panel_w: float, panel_h: float, extra_w: float = 1.6, **kwargs):
+    """A constrained-layout grid no wider than ``MAX_WIDTH`` (panels shrink to fit, down to 1.65 in)."""
+    panel_w = max(1.65, min(panel_w, (MAX_WIDTH - extra_w) / n_cols))
     return plt.subplots(n_rows, n_cols, figsize=(panel_w * n_cols + extra_w, panel_h * n_rows + 0.9),
                         squeeze=False, layout="constrained", **kwargs)
 
@@ -246,7 +246,26 @@ def _panels(design: Design, frame: pd.DataFrame) -> tuple[list[tuple], int, int]
 
 
 def _panel_title(design: Design, r, c) -> str:
-    return " · ".join(f"{k}={v}" for k, v in ((design.x, r), (design.col, c)) if v is not None)
+    """``activation=tanh`` over ``depth=16``: one line per factor, dotted keys by their last part."""
+    return "\n".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in ((design.x, r), (design.col, c)) if v is not None)
+
+
+def _log_axis_around_means(ax, means: np.ndarray, chance: float | None = None) -> None:
+    """A log y axis spanning the means (and chance): a wide band of 3 seeds is cut at the edge rather
+    than squeezing every curve into a sliver; plain numbers at 1-2-5 steps when it spans <= 2 decades."""
+    means = means[np.isfinite(means) & (means > 0)]
+    ax.set_yscale("log")
+    if not len(means):
+        return
+    low, high = means.min(), means.max()
+    if chance is not None:
+        low, high = min(low, chance), max(high, chance)
+    low, high = low / 1.6, high * 1.6
+    ax.set_ylim(low, high)
+    if high / low <= 150:
+        ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(mticker.NullFormatter())
 
 
 def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
@@ -273,12 +292,9 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
                 if len(rows):
                     _band(ax, rows, "step", colors[hue], str(hue) if style == "-" else "_nolegend_", style)
         ax.set_title(_panel_title(design, r, c), fontsize=8)
-        if log_y:  # a loss spans about a decade: plain numbers at 1-2-5 steps read better than 4x10^0
-            ax.set_yscale("log")
-            ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
-            ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.yaxis.set_minor_formatter(mticker.NullFormatter())
         ax.grid(alpha=0.3)
+    if log_y:  # once, on the shared axis
+        _log_axis_around_means(axes.flat[0], agg["mean"].to_numpy(dtype=float), CHANCE_LOSS)
     chance = CHANCE_LOSS if scale == "log" else CHANCE_ACC if scale == "fraction" else None
     if scale == "fraction":
         axes.flat[0].set_ylim(*_data_limits(agg[["ci_low", "ci_high", "mean"]].to_numpy(dtype=float).ravel(),
