@@ -91,7 +91,11 @@ def gradient_flow(layers: pd.DataFrame, runs: pd.DataFrame, design: Design) -> l
     ratio = aggregate(per_run, by, "ratio", scale="log")[[*by, "mean"]].rename(columns={"mean": "ratio"})
     agg = agg.merge(ratio, on=by, how="left").sort_values("mean")
     agg["label"] = config_label(agg, by)
-    fmt = lambda r: f"{r['label']} {r['mean']:.2g} (x{r['ratio']:.2g})"  # noqa: E731
+    def fmt(r: pd.Series) -> str:
+        if r["mean"] == 0:  # every seed's norm underflowed to 0 (a geometric mean of zeros)
+            return f"{r['label']} exactly 0"
+        return f"{r['label']} {r['mean']:.2g} (x{r['ratio']:.2g})"
+
     items = [fmt(r) for _, r in agg.iterrows()]
     if len(items) > GRADIENT_LIST_MAX:  # the middle is left out, and the sentence says so
         omitted = agg.iloc[4:-4]
