@@ -32,8 +32,6 @@ from omegaconf import DictConfig, OmegaConf
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3 UI: open on training runs
-# the metric the UI's chart view draws first (read from this experiment tag by MLflow 3's UI)
-PRIMARY_METRIC = ("mlflow.experiment.primaryMetric.name", "test_acc")
 # MLflow 3.17's UI chooses its navigation (GenAI or model training) from this URL parameter, else from
 # the browser's last choice in the sidebar switch (GenAI by default); it does not read the experiment's
 # mlflow.experimentKind tag. So every link nnlab prints carries it.
@@ -299,7 +297,7 @@ class Tracker:
             try:
                 with uninterrupted():
                     return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
-                                                         tags=dict([EXPERIMENT_KIND, PRIMARY_METRIC]))
+                                                         tags=dict([EXPERIMENT_KIND]))
             except MlflowException as err:  # another process created it in between
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
@@ -310,8 +308,6 @@ class Tracker:
                              "or choose another tracking.experiment")
         if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
             self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
-        if PRIMARY_METRIC[0] not in experiment.tags:  # a user's own choice stays
-            self.client.set_experiment_tag(experiment.experiment_id, *PRIMARY_METRIC)
         return experiment.experiment_id
 
     def start_run(self, experiment_id: str, name: str, tags: Mapping[str, Any] | None = None,
