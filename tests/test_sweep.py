@@ -145,7 +145,7 @@ def test_sweep_with_missing_data_is_refused_before_any_run(tmp_path, launcher):
 
 def test_help_and_cfg_job(tmp_path):
     help_text = nnlab_run(tmp_path, "--help")
-    assert help_text.returncode == 0 and "activation: elu, gelu, identity" in help_text.stdout
+    assert help_text.returncode == 0 and "activation=     relu | leaky_relu | elu" in help_text.stdout
     job = nnlab_run(tmp_path, "--cfg", "job", "model.depth=4")
     assert job.returncode == 0 and "depth: 4" in job.stdout
     assert all_runs(tmp_path) == []
