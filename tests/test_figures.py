@@ -60,6 +60,7 @@ def test_every_figure_reads_at_the_width_shown_with_titles_inside(studies, name,
         titles = [fig._suptitle] if fig._suptitle is not None else []
         titles += [ax.title for ax in fig.axes if ax.get_visible() and ax.get_title()]
         assert titles and all(_inside(fig, t) for t in titles), [t.get_text() for t in titles if not _inside(fig, t)]
+        assert all(_inside(fig, legend) for legend in fig.legends)  # a legend beside or below, never cut
         plt.close(fig)
 
 

@@ -67,6 +67,7 @@ def _legend(fig: Figure, axes: np.ndarray, title: str) -> None:
     if not seen:
         return
     if max(map(len, seen), default=0) > 20:  # long labels (a folded "config") go below, not beside
+        fig.set_figwidth(min(MAX_WIDTH, max(fig.get_figwidth(), 0.085 * max(map(len, seen)) + 1.5)))
         fig.set_figheight(fig.get_figheight() + 0.22 * len(seen))
         fig.legend(seen.values(), seen.keys(), title=title, loc="outside lower center", frameon=False)
     else:
@@ -218,11 +219,11 @@ def accuracy_heatmap(runs: pd.DataFrame, design: Design, metric: str = "test_acc
     with warnings.catch_warnings():  # seaborn draws once before the layout is final; the saved figure is fine
         warnings.filterwarnings("ignore", "constrained_layout not applied", UserWarning)
         sns.heatmap(table, annot=True, fmt=".3f" if high - low < 0.1 else ".2f", vmin=low, vmax=high,
-                    cmap="viridis", ax=ax, cbar_kws={"label": f"mean {metric} (scale: data range)"},
+                    cmap="viridis", ax=ax, cbar_kws={"label": f"mean {metric}"},
                     annot_kws={"fontsize": 8})
     ax.set_ylabel(" / ".join(rows))
     ax.set_xlabel(cols or "")
-    ax.set_title(f"Mean {metric} over seeds")
+    _title(fig, f"Mean {metric} over seeds (colours span the data's range)")
     return fig
 
 
