@@ -40,6 +40,20 @@ def load_data(cfg: DictConfig):
     return load_shared(**C.dataset_kwargs(cfg))
 
 
+@functools.lru_cache(maxsize=4)
+def _cached_inputs(key: tuple[tuple[str, Any], ...]) -> list:
+    from nnlab.tracking import dataset_inputs
+
+    data = _cached_dataset(key)
+    splits = {s: (getattr(data, f"x_{s}"), getattr(data, f"y_{s}")) for s in ("train", "val", "test")}
+    return dataset_inputs(data.name, splits, {"nnlab.data.load_dataset": ", ".join(f"{k}={v}" for k, v in key)})
+
+
+def dataset_inputs(cfg: DictConfig) -> list:
+    """The configured dataset's MLflow inputs (name, digest and size per split; computed once per process)."""
+    return _cached_inputs(tuple(sorted(C.dataset_kwargs(cfg).items())))
+
+
 def build(cfg: DictConfig, data) -> tuple[Any, Any, Any]:
     """(model, optimizer, TrainConfig) from a validated config; the core refuses what it cannot build."""
     from nnlab.core import MLP, InstrumentConfig, TrainConfig, make_optimizer
@@ -126,10 +140,28 @@ def _show_bar(context: dict) -> bool:
 
 
 def summary_line(context: dict, name: str, final: dict[str, float], best_val: float) -> str:
-    """``[3/24] relu-he-d4-s0  test_acc=0.9750  val_acc=0.9815  12.3s``"""
-    where = f"[{context.get('job_num', 0) + 1}/{context.get('sweep_size', '1')}]"
+    """``[3/24] relu-he-d4-s0  test_acc=0.9750  best_val_acc=0.9815  epochs=30  0.2s  (1 failed, ETA 42s)``:
+    in a sweep, the count is of jobs done so far (any worker), then the sweep's failures and time left."""
+    progress = sweep_progress(context, ok=True)
+    where = progress.counter() if progress else "[1/1]"
+    status = f"  ({progress.status()})" if progress and progress.status() else ""
     return (f"{where} {name}  test_acc={final['test_acc']:.4f}  best_val_acc={best_val:.4f}  "
-            f"epochs={int(final['epochs_run'])}  {final['train_seconds']:.1f}s")
+            f"epochs={int(final['epochs_run'])}  {final['train_seconds']:.1f}s{status}")
+
+
+def sweep_progress(context: dict, ok: bool):
+    """Record that this sweep job ended; the sweep's ``nnlab.progress.Progress`` (None outside a sweep)."""
+    if not context.get("multirun"):
+        return None
+    from hydra.core.hydra_config import HydraConfig
+
+    from nnlab.progress import record
+
+    hc = HydraConfig.get()
+    depth = len(Path(str(hc.sweep.subdir)).parts)  # output_dir = <sweep dir>/<subdir>
+    sweep_dir = Path(hc.runtime.output_dir).parents[depth - 1]
+    size = str(context.get("sweep_size", "?"))
+    return record(sweep_dir, ok, int(size) if size.isdigit() else None)
 
 
 # --- record -------------------------------------------------------------------------------------
@@ -189,6 +221,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.log_params({**C.group_choices(cfg, context.get("choices")), **C.flat_params(cfg)})
         limit = _blas_limit(cfg, context)
         run.set_tags({"nnlab.blas_threads": str(limit) if limit is not None else f"default ({_blas_default()})"})
+        run.log_inputs(dataset_inputs(cfg))
         run.flush()  # params and tags reach the store now: a run killed in its first second is still found
         run.log_metrics(init_diagnostics(cfg, model, data), step=0)
         bar = progress(name, train_config.epochs, _show_bar(context))
@@ -231,7 +264,9 @@ def main(cfg: DictConfig) -> float | None:
         with signals.raising():  # SIGTERM unwinds like Ctrl-C: the run is closed KILLED
             return train(cfg)["test_acc"]
     except Exception as err:  # the run (if any) is already closed as FAILED
-        print(_one_line(err, cfg, context), file=sys.stderr, flush=True)
+        progress = sweep_progress(context, ok=False)
+        print((f"{progress.counter()} " if progress else "") + _one_line(err, cfg, context), file=sys.stderr,
+              flush=True)
         if context.get("multirun"):
             return None  # the sweep goes on; SweepCallback counts failures and exits 1 at the end
         sys.exit(2 if isinstance(err, C.ConfigError) or getattr(err, "nnlab_run_id", None) is None else 1)
@@ -275,7 +310,12 @@ def cli() -> None:
 
 if __name__ == "__main__":
     # call main through the importable module, not __main__: joblib workers then unpickle the task
-    # function by reference (nnlab.run.main) instead of by value with this module's globals
+    # function by reference (nnlab.run.main) instead of by value with this module's globals.
+    # They need nothing else from __main__, so tell multiprocessing there is no main module to rebuild
+    # in them: it would run this file again as __mp_main__ in every worker, where the preloaded
+    # nnlab.run already is (runpy's "'nnlab.run' found in sys.modules" RuntimeWarning, once a worker).
+    __spec__ = None
+    del __file__
     from nnlab.run import cli as _cli
 
     _cli()

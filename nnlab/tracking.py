@@ -30,6 +30,11 @@ from nnlab.signals import signal_of
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3 UI: open on training runs
+# MLflow 3.17's UI chooses its navigation (GenAI or model training) from this URL parameter, else from
+# the browser's last choice in the sidebar switch (GenAI by default); it does not read the experiment's
+# mlflow.experimentKind tag. So every link nnlab prints carries it.
+UI_WORKFLOW = "workflowType=machine_learning"
+UI_BEST_FIRST = "orderByKey=metrics.%60test_acc%60&orderByAsc=false"  # runs table sorted best first
 PARENT_TAG = "mlflow.parentRunId"
 FAILURE_TAG = "nnlab.failure"
 HOST_TAG, PID_TAG = "nnlab.host", "nnlab.pid"
@@ -54,9 +59,17 @@ def sqlite_path(uri: str, base: str | Path | None = None) -> Path | None:
     return (Path(base or Path.cwd()) / path).resolve()
 
 
+def ui_path(experiment_id: str, run_id: str | None = None) -> str:
+    """The UI's address (after the server) of an experiment's runs, best ``test_acc`` first, or of one
+    run, both in the model-training navigation: ``#/experiments/1/runs?workflowType=machine_learning&...``."""
+    if run_id is not None:
+        return f"#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
+    return f"#/experiments/{experiment_id}/runs?{UI_WORKFLOW}&{UI_BEST_FIRST}"
+
+
 def ui_hint(uri: str, experiment_id: str) -> str:
     """The command that opens the MLflow UI on this store, and the link to the experiment's runs."""
-    runs = f"#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+    runs = ui_path(experiment_id)
     if uri.startswith(("http://", "https://")):
         return f"MLflow runs: {uri.rstrip('/')}/{runs}"
     shown = uri
@@ -191,6 +204,12 @@ class RunLogger:
             metrics, params, tags = metrics[_MAX_METRICS:], params[_MAX_PARAMS:], tags[_MAX_TAGS:]
         self._last_flush = time.monotonic()
 
+    def log_inputs(self, datasets: list) -> None:
+        """Record ``mlflow.entities.DatasetInput``s (see :func:`dataset_inputs`): the runs table's
+        Dataset column and its ``dataset.name`` / ``dataset.digest`` filters."""
+        with uninterrupted():
+            self.client.log_inputs(self.run_id, datasets=datasets)
+
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         path = Path(path)
         if path.is_dir():
@@ -219,6 +238,28 @@ class RunLogger:
             exc.nnlab_run_id = self.run_id  # the run existed (and is now closed): for the one-line report
         self.close(exc)
         return False
+
+
+# --- what a run trained on -----------------------------------------------------------------------
+DATASET_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # mlflow.data.context
+
+
+def dataset_inputs(name: str, splits: Mapping[str, tuple[Any, Any]], source: Mapping[str, str]) -> list:
+    """One MLflow dataset input per split: ``name``, a digest of the split's arrays (features
+    (N, n_features) and labels (N,), as the model sees them), its shapes in the profile, and the
+    split as ``mlflow.data.context`` (``training``, ``validation``, ``testing``). ``source``: how
+    the data was made (``load_dataset``'s arguments), shown as the dataset's code source."""
+    import mlflow.data
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    inputs = []
+    for split, (x, y) in splits.items():
+        dataset = mlflow.data.from_numpy(x, source=CodeDatasetSource(dict(source)), targets=y, name=name)
+        context = DATASET_CONTEXTS.get(split, split)
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(MLFLOW_DATASET_CONTEXT, context)]))
+    return inputs
 
 
 @functools.lru_cache(maxsize=8)

@@ -64,3 +64,22 @@ def test_rebuilt_run_reproduces_its_recorded_test_accuracy(smoke_uri):
     run = pick_run("smoke", client=client)
     preds = predictions(open_run(client, run))
     assert preds["correct"].mean() == pytest.approx(run["test_acc"], abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_missing_experiment_stops_the_first_cell_with_one_line(smoke_uri, tmp_path, monkeypatch):
+    papermill = pytest.importorskip("papermill")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(str(NOTEBOOKS / "ablation.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"tracking_uri": smoke_uri, "experiment": "init_depth"},
+                                   kernel_name="python3", cwd=str(NOTEBOOKS), progress_bar=False)
+    err = info.value
+    assert err.ename == "AnalysisError" and "no experiment named 'init_depth'" in err.evalue
+    assert len(err.traceback) == 1 and "smoke" in err.traceback[0]  # one line, naming what exists
+    nb = json.loads((tmp_path / "out.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    failed = [i for i, c in enumerate(code) if any(o.get("output_type") == "error" for o in c["outputs"])]
+    first_own = next(i for i, c in enumerate(code) if not {"parameters", "injected-parameters"}
+                     & set(c["metadata"].get("tags", [])))
+    assert failed == [first_own]

@@ -83,3 +83,23 @@ def test_cli_module_exit_code(uri, tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("nnlab-report: error: no experiment named 'nope'")
     assert not (tmp_path / "o").exists()
+
+
+def test_sweep_report_draws_one_sweep_only(tmp_path):
+    from nnlab.report import SweepReportError, write_sweep_report
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    first = log_fake_sweep(client, "two_sweeps", depths=(1, 4), fail=[])
+    log_fake_sweep(client, "two_sweeps", inits=("xavier",), depths=(2,), fail=[])  # another sweep, same experiment
+    parent = client.get_run(next(iter(first))).data.tags["mlflow.parentRunId"]
+    experiment_id = client.get_experiment_by_name("two_sweeps").experiment_id
+    files = write_sweep_report(client, experiment_id, parent, tmp_path / "report")
+    assert [p.name for p in files] == ["index.md", *FIGURES] and all(p.is_file() for p in files)
+    index = files[0].read_text()
+    assert "24 runs: 8 configurations x 3 seeds." in index and "xavier" not in index
+    # a sweep whose report cannot be drawn: one clear exception, nothing written
+    lonely = client.create_run(experiment_id, run_name="no children").info.run_id
+    with pytest.raises(SweepReportError, match=f"no report for sweep {lonely}: .*has no child runs"):
+        write_sweep_report(uri, experiment_id, lonely, tmp_path / "none")
+    assert not (tmp_path / "none").exists()

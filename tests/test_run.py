@@ -242,3 +242,18 @@ def test_params_and_tags_are_stored_when_the_run_starts(make_cfg, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         train(make_cfg("trainer.epochs=1", "model.width=8", "tracking.flush_seconds=3600"))
     assert seen["params"]["model.width"] == "8" and "nnlab.fingerprint" in seen["tags"]
+def test_run_records_its_dataset_as_an_mlflow_input(make_cfg):
+    """The runs table's Dataset column and ``dataset.name`` filter: name, digest and size per split."""
+    train(make_cfg("trainer.epochs=1", "model.width=8"))
+    (run,) = runs(make_cfg.client)
+    inputs = {[t.value for t in i.tags if t.key == "mlflow.data.context"][0]: i.dataset
+              for i in run.inputs.dataset_inputs}
+    assert set(inputs) == {"training", "validation", "testing"}
+    assert {d.name for d in inputs.values()} == {"digits"}
+    assert len({d.digest for d in inputs.values()}) == 3  # three different splits, three digests
+    import json
+    sizes = {k: json.loads(d.profile)["features_shape"] for k, d in inputs.items()}
+    assert sizes == {"training": [1257, 64], "validation": [180, 64], "testing": [360, 64]}
+    assert "split_seed=0" in inputs["training"].source
+    found = make_cfg.client.search_runs([run.info.experiment_id], "dataset.name = 'digits'")
+    assert [r.info.run_id for r in found] == [run.info.run_id]

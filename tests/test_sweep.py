@@ -55,8 +55,9 @@ def test_grid_gives_one_parent_and_a_child_per_job(tmp_path):
     assert {c.info.run_name for c in children} == {"relu-he-d2-s0", "relu-xavier-d2-s0",
                                                    "tanh-he-d2-s0", "tanh-xavier-d2-s0"}
     assert all(c.data.params["trainer.epochs"] == "1" for c in children)
-    for line in ("[1/4] relu-he-d2-s0", "[4/4] tanh-xavier-d2-s0"):
+    for line in ("[1/4] relu-he-d2-s0", "[4/4] tanh-xavier-d2-s0"):  # jobs done so far / all
         assert line in result.stdout
+    assert "ETA " in result.stdout and "all jobs in " in result.stdout
     artifacts = {a.path for a in MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").list_artifacts(
         children[0].info.run_id, ".hydra")}
     assert artifacts == {".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"}
@@ -78,6 +79,11 @@ def test_joblib_two_workers_share_one_sqlite_file(tmp_path):
     result = nnlab_run(tmp_path, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                        "activation=relu,tanh", "optimizer=sgd", "optimizer.lr=0.05,1e6", *FAST)
     _, children = check_sweep(tmp_path, result, 4, n_failed=2)
+    # the console: no runpy warning from the workers, no Hydra "#n : overrides" list, one line per job
+    assert "RuntimeWarning" not in result.stderr and "Warning" not in result.stderr, result.stderr
+    assert " : " not in result.stdout + result.stderr and "[HYDRA]" not in result.stdout + result.stderr
+    job_lines = [ln for ln in (result.stdout + result.stderr).splitlines() if ln.startswith("[")]
+    assert sorted(ln.split("]")[0] for ln in job_lines) == ["[1/4", "[2/4", "[3/4", "[4/4"], job_lines
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for child in children:  # no metric lost: every record name at every step
         if child.info.status == "FINISHED":
@@ -139,7 +145,7 @@ def test_sweep_with_missing_data_is_refused_before_any_run(tmp_path, launcher):
 
 def test_help_and_cfg_job(tmp_path):
     help_text = nnlab_run(tmp_path, "--help")
-    assert help_text.returncode == 0 and "activation: elu, gelu, identity" in help_text.stdout
+    assert help_text.returncode == 0 and "activation=     relu | leaky_relu | elu" in help_text.stdout
     job = nnlab_run(tmp_path, "--cfg", "job", "model.depth=4")
     assert job.returncode == 0 and "depth: 4" in job.stdout
     assert all_runs(tmp_path) == []

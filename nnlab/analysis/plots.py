@@ -1,12 +1,23 @@
 """The study's figures, shared by the notebooks and ``nnlab.report``. Every function takes frames
 from ``nnlab.analysis`` and a ``Design`` and returns a matplotlib Figure; numbers come from
-``aggregate`` (mean and 95% t-interval over seeds), so a figure and the summary table agree."""
+``aggregate``, so a figure and the summary table agree.
+
+One convention across figures: a line or marker is the mean over seeds, its band or bar the 95 %
+interval of that mean, computed where the quantity lives (``stats.metric_scale``): cut to [0, 1] for
+accuracies and saturated fractions, on log values (geometric mean) for norms, stds and losses, which
+are drawn on log axes. With few seeds each seed's value is drawn too. Values that are exactly 0 cannot
+sit on a log axis: they are marked at its bottom edge. Figures are laid out to be read at the width
+``index.md`` shows them (at most ``MAX_WIDTH`` inches at the report's dpi: panels wrap into rows).
+"""
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 
 import matplotlib.pyplot as plt
+import matplotlib.ticker as mticker
+import matplotlib.transforms as mtransforms
 import numpy as np
 import pandas as pd
 import seaborn as sns
@@ -14,11 +25,18 @@ from matplotlib.figure import Figure
 
 from .design import Design, deepest, levels
 from .records import at_step, with_params
-from .stats import aggregate
+from .stats import aggregate, metric_scale
 
 PHASES = {"init": "at initialisation (epoch 0)", "last": "after training (last epoch)"}
 STAT_LABELS = {"grad_norm": "gradient L2 norm", "act_std": "activation std",
                "act_saturation": "saturated / dead fraction", "act_mean": "activation mean"}
+N_CLASSES = 10  # digits and MNIST
+CHANCE_ACC = 1 / N_CLASSES
+CHANCE_LOSS = math.log(N_CLASSES)  # cross-entropy of a uniform guess: ln 10
+MAX_WIDTH = 10.0  # inches; at the report's 110 dpi ~1100 px, about what a Markdown page shows unscaled
+MAX_COLS = 4
+SEED_POINTS_MAX = 5  # draw each seed's value when a configuration has at most this many
+BAND = "95% CI over seeds"
 
 
 def _palette(frame: pd.DataFrame, hue: str) -> dict:
@@ -26,88 +44,164 @@ def _palette(frame: pd.DataFrame, hue: str) -> dict:
     return dict(zip(names, sns.color_palette("colorblind", len(names))))
 
 
-def _grid(n_panels: int, max_cols: int = 3, width: float = 3.6, height: float = 3.0, sharey: bool = True):
-    n_cols = max(1, min(n_panels, max_cols))
-    n_rows = math.ceil(n_panels / n_cols)
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width * n_cols, height * n_rows), squeeze=False,
-                             sharey=sharey)
-    return fig, axes
+def _subplots(n_rows: int, n_cols: int, panel_w: float, panel_h: float, extra_w: float = 1.6, **kwargs):
+    """A constrained-layout grid no wider than ``MAX_WIDTH`` (panels shrink to fit, down to 1.65 in)."""
+    panel_w = max(1.65, min(panel_w, (MAX_WIDTH - extra_w) / n_cols))
+    return plt.subplots(n_rows, n_cols, figsize=(panel_w * n_cols + extra_w, panel_h * n_rows + 0.9),
+                        squeeze=False, layout="constrained", **kwargs)
+
+
+def _title(fig: Figure, text: str, fontsize: float = 11) -> None:
+    """A suptitle wrapped to the figure's width, so it never runs past the canvas."""
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
 
 
 def _legend(fig: Figure, axes: np.ndarray, title: str) -> None:
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    seen = dict(zip(labels, handles))
+    seen: dict = {}
     for ax in axes.flat:
+        handles, labels = ax.get_legend_handles_labels()
+        seen.update((lab, h) for lab, h in zip(labels, handles) if lab not in seen and not lab.startswith("_"))
         if ax.get_legend():
             ax.get_legend().remove()
+    if not seen:
+        return
     if max(map(len, seen), default=0) > 20:  # long labels (a folded "config") go below, not beside
-        fig.set_figwidth(max(fig.get_figwidth(), 0.09 * max(map(len, seen)) + 2))
-        fig.set_figheight(fig.get_figheight() + 0.25 * len(seen))
+        fig.set_figwidth(min(MAX_WIDTH, max(fig.get_figwidth(), 0.085 * max(map(len, seen)) + 1.5)))
+        fig.set_figheight(fig.get_figheight() + 0.22 * len(seen))
         fig.legend(seen.values(), seen.keys(), title=title, loc="outside lower center", frameon=False)
     else:
         fig.legend(seen.values(), seen.keys(), title=title, loc="outside right center", frameon=False)
 
 
+def _hide_unused(axes: np.ndarray, used: int) -> None:
+    for ax in axes.flat[used:]:
+        ax.set_visible(False)
+
+
+def _data_limits(values: np.ndarray, chance: float | None, lower: float = 0.0, upper: float = 1.0,
+                 min_span: float = 0.02) -> tuple[float, float]:
+    """Axis limits around ``values`` (padded, inside [lower, upper]); they reach down to ``chance``
+    when the data come within a third of the axis of it, so a chance line is either on the axis where
+    it says something or left out."""
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return lower, upper
+    lo, hi = float(values.min()), float(values.max())
+    span = max(hi - lo, min_span)
+    if chance is not None and lo - chance < span / 2:
+        lo = min(lo, chance)
+        span = max(hi - lo, min_span)
+    pad = 0.08 * span
+    return max(lower, lo - pad), min(upper + pad * 0.5, hi + pad)
+
+
+def _chance_line(ax, chance: float, vertical: bool = False) -> None:
+    """Dotted chance line when it is on the axis, else a note at the axis' bottom edge."""
+    low, high = ax.get_xlim() if vertical else ax.get_ylim()
+    if low <= chance <= high:
+        (ax.axvline if vertical else ax.axhline)(chance, color="grey", lw=0.9, ls=":", label="chance")
+    else:
+        ax.annotate(f"chance {chance:.2g} off axis", xy=(0.99, 0.01), xycoords="axes fraction", ha="right",
+                    va="bottom", fontsize=7, color="grey")
+
+
+def _seed_points(ax, values: np.ndarray, pos: float, color, vertical: bool = True) -> None:
+    """Each seed's value as a small open marker next to the mean (few seeds only)."""
+    values = values[np.isfinite(values)]
+    if not 0 < len(values) <= SEED_POINTS_MAX:
+        return
+    offsets = np.linspace(-0.06, 0.06, len(values)) if len(values) > 1 else np.zeros(1)
+    xy = (pos + 0.09 + offsets, values) if vertical else (values, pos + 0.18 + offsets)
+    ax.scatter(*xy, s=9, facecolors="none", edgecolors=[color], linewidths=0.7, alpha=0.8, zorder=3,
+               label="_seed")
+
+
 def final_accuracy(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> Figure:
-    """Mean ``metric`` per configuration with 95% CI over seeds: x = design.x, one marker per hue,
-    one panel per design.col."""
+    """Mean ``metric`` per configuration with its 95% CI over seeds (and each seed's value when
+    few): x = design.x, one marker per hue, one panel per design.col. The axis follows the data."""
     if design.x is None and design.col is None:
         return _final_accuracy_rows(runs, design, metric)
     x = design.x or design.hue
-    agg = aggregate(runs, design.by, metric)
+    scale = metric_scale(metric)
+    agg = aggregate(runs, design.by, metric, scale=scale)
     panels = levels(agg, design.col) if design.col else [None]
-    fig, axes = _grid(len(panels), width=max(3.2, 0.9 * len(levels(agg, x)) + 1.5))
-    fig.set_layout_engine("constrained")
-    colors, hues, xs = _palette(agg, design.hue), levels(agg, design.hue), levels(agg, x)
+    xs, hues = levels(agg, x), levels(agg, design.hue)
+    n_cols = min(len(panels), 3)
+    fig, axes = _subplots(math.ceil(len(panels) / n_cols), n_cols, 0.75 * len(xs) + 1.4, 2.9, sharey=True)
+    colors = _palette(agg, design.hue)
     offsets = np.linspace(-0.25, 0.25, len(hues)) if len(hues) > 1 and design.x else np.zeros(len(hues))
+    finished = runs[~runs["failed"]] if "failed" in runs.columns else runs
     for ax, panel in zip(axes.flat, panels):
         part = agg if panel is None else agg[agg[design.col] == panel]
+        raw = finished if panel is None else finished[finished[design.col] == panel]
         for offset, hue in zip(offsets, hues):
             rows = part[part[design.hue] == hue].set_index(x).reindex(xs)
             pos = np.arange(len(xs)) + offset
-            # an interval over 3 seeds can reach past [0, 1]; accuracy cannot, so the bars stop there
-            err = np.vstack([rows["mean"] - rows["ci_low"].clip(lower=0), rows["ci_high"].clip(upper=1) - rows["mean"]])
-            ax.errorbar(pos, rows["mean"], yerr=np.nan_to_num(err), fmt="o", capsize=3, color=colors[hue],
+            err = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]])
+            ax.errorbar(pos, rows["mean"], yerr=np.nan_to_num(err), fmt="o", ms=5, capsize=3, color=colors[hue],
                         label=str(hue))
+            for p, level in zip(pos, xs):
+                seeds = raw[(raw[design.hue] == hue) & (raw[x] == level)][metric].to_numpy(dtype=float)
+                _seed_points(ax, seeds, p, colors[hue])
         ax.set_xticks(np.arange(len(xs)), [str(v) for v in xs], rotation=30 if len(xs) > 4 else 0)
-        ax.set_title(f"{design.col} = {panel}" if panel is not None else "")
+        ax.set_title(f"{design.col} = {panel}" if panel is not None else "", fontsize=10)
         ax.set_xlabel(x)
-        ax.axhline(0.1, color="grey", lw=0.8, ls=":")  # chance on 10 classes
-        ax.set_ylim(-0.05, 1.05)  # a t-interval over 3 seeds can reach past [0, 1]; accuracy cannot
         ax.grid(axis="y", alpha=0.3)
+    shown = np.concatenate([agg[["ci_low", "ci_high", "mean"]].to_numpy(dtype=float).ravel(),
+                            finished[metric].to_numpy(dtype=float)])
+    chance = CHANCE_ACC if scale == "fraction" else None
+    axes.flat[0].set_ylim(*_data_limits(shown, chance) if scale == "fraction" else (None, None))
+    if chance is not None:
+        for ax in axes.flat[:len(panels)]:
+            _chance_line(ax, chance)
     for ax in axes[:, 0]:
-        ax.set_ylabel(f"{metric} (mean, 95% CI)")
-    for ax in axes.flat[len(panels):]:
-        ax.set_visible(False)
+        ax.set_ylabel(metric)
+    _hide_unused(axes, len(panels))
     _legend(fig, axes, design.hue)
-    fig.suptitle(f"Final {metric} per configuration (dotted: chance)")
+    _title(fig, f"Final {metric} per configuration: mean and {BAND}"
+                + (f", open circles = each seed" if _few_seeds(agg) else "") + " (dotted: chance)")
     return fig
+
+
+def _few_seeds(agg: pd.DataFrame) -> bool:
+    return bool(len(agg)) and int(agg["n"].max()) <= SEED_POINTS_MAX
 
 
 def _final_accuracy_rows(runs: pd.DataFrame, design: Design, metric: str) -> Figure:
     """One configuration per row (for designs with a single, possibly long-labelled factor)."""
-    agg = aggregate(runs, [design.hue], metric).sort_values("mean")
+    scale = metric_scale(metric)
+    agg = aggregate(runs, [design.hue], metric, scale=scale).sort_values("mean")
     labels = [str(v) for v in agg[design.hue]]
-    fig, ax = plt.subplots(figsize=(5 + 0.07 * max(map(len, labels)), 0.45 * len(agg) + 1.4), layout="constrained")
+    width = min(MAX_WIDTH, 5 + 0.07 * max(map(len, labels)))
+    fig, ax = plt.subplots(figsize=(width, 0.45 * len(agg) + 1.6), layout="constrained")
     colors = _palette(agg, design.hue)
+    finished = runs[~runs["failed"]] if "failed" in runs.columns else runs
     for pos, (_, row) in enumerate(agg.iterrows()):
         err = [[row["mean"] - row["ci_low"]], [row["ci_high"] - row["mean"]]]
-        ax.errorbar(row["mean"], pos, xerr=np.nan_to_num(err), fmt="o", capsize=3, color=colors[row[design.hue]])
-        ax.annotate(f"{row['mean']:.3f}", (row["mean"], pos), textcoords="offset points", xytext=(0, 7),
+        color = colors[row[design.hue]]
+        ax.errorbar(row["mean"], pos, xerr=np.nan_to_num(err), fmt="o", capsize=3, color=color)
+        seeds = finished[finished[design.hue] == row[design.hue]][metric].to_numpy(dtype=float)
+        _seed_points(ax, seeds, pos, color, vertical=False)
+        ax.annotate(f"{row['mean']:.3f}", (row["mean"], pos), textcoords="offset points", xytext=(0, -11),
                     ha="center", fontsize=8)
     ax.set_yticks(np.arange(len(agg)), labels)
-    ax.set_xlabel(f"{metric} (mean, 95% CI over seeds)")
-    ax.axvline(0.1, color="grey", lw=0.8, ls=":")
-    ax.set_xlim(min(0.0, ax.get_xlim()[0]), 1.02)
+    ax.set_xlabel(f"{metric}: mean and {BAND}" + (", open circles = seeds" if _few_seeds(agg) else ""))
+    if scale == "fraction":
+        shown = np.concatenate([agg[["ci_low", "ci_high"]].to_numpy(dtype=float).ravel(),
+                                finished[metric].to_numpy(dtype=float)])
+        ax.set_xlim(*_data_limits(shown, CHANCE_ACC))
+        _chance_line(ax, CHANCE_ACC, vertical=True)
     ax.set_ylim(-0.7, len(agg) - 0.3)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_title(f"Final {metric} per configuration (dotted: chance)")
+    ax.set_title(textwrap.fill(f"Final {metric} per configuration", 60))
     return fig
 
 
 def accuracy_heatmap(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> Figure:
-    """Mean ``metric`` as a heatmap: rows = hue (x hue when both), columns = col (or x)."""
-    agg = aggregate(runs, design.by, metric)
+    """Mean ``metric`` as a heatmap: rows = hue (x hue when both), columns = col (or x). The colour
+    scale spans the data (its ends are on the colour bar), so close values still differ in colour."""
+    agg = aggregate(runs, design.by, metric, scale=metric_scale(metric))
     if design.col:
         rows, cols = [design.hue] + ([design.x] if design.x else []), design.col
     elif design.x:
@@ -116,110 +210,178 @@ def accuracy_heatmap(runs: pd.DataFrame, design: Design, metric: str = "test_acc
         rows, cols = [design.hue], None
     table = agg.pivot_table(index=rows, columns=cols, values="mean") if cols else agg.set_index(rows)[["mean"]]
     label_chars = max(len(" / ".join(map(str, k if isinstance(k, tuple) else (k,)))) for k in table.index)
-    fig, ax = plt.subplots(figsize=(1.0 * table.shape[1] + 3 + 0.07 * label_chars, 0.45 * table.shape[0] + 1.5),
-                           layout="constrained")
+    width = min(MAX_WIDTH, 0.8 * table.shape[1] + 3 + 0.07 * label_chars)
+    fig, ax = plt.subplots(figsize=(width, 0.42 * table.shape[0] + 1.6), layout="constrained")
+    values = table.to_numpy(dtype=float)
+    low, high = np.nanmin(values), np.nanmax(values)
+    if high - low < 0.01:
+        low, high = low - 0.005, high + 0.005
     with warnings.catch_warnings():  # seaborn draws once before the layout is final; the saved figure is fine
         warnings.filterwarnings("ignore", "constrained_layout not applied", UserWarning)
-        sns.heatmap(table, annot=True, fmt=".2f", vmin=0, vmax=1, cmap="viridis", ax=ax,
-                    cbar_kws={"label": f"mean {metric}"})
+        sns.heatmap(table, annot=True, fmt=".3f" if high - low < 0.1 else ".2f", vmin=low, vmax=high,
+                    cmap="viridis", ax=ax, cbar_kws={"label": f"mean {metric}"},
+                    annot_kws={"fontsize": 8})
     ax.set_ylabel(" / ".join(rows))
     ax.set_xlabel(cols or "")
-    ax.set_title(f"Mean {metric} over seeds")
+    _title(fig, f"Mean {metric} over seeds (colours span the data's range)")
     return fig
 
 
-def _band(ax, agg: pd.DataFrame, x: str, color, label: str, style: str = "-",
-          band: tuple[str, str] = ("ci_low", "ci_high")) -> None:
-    low, high = band
-    ax.plot(agg[x], agg["mean"], style, color=color, label=label, lw=1.5)
-    ax.fill_between(agg[x], agg[low].fillna(agg["mean"]), agg[high].fillna(agg["mean"]), color=color,
-                    alpha=0.2, lw=0)
+def _band(ax, agg: pd.DataFrame, x: str, color, label: str, style: str = "-") -> None:
+    """The mean as a line, its 95% interval as a band (``aggregate`` already put it in range)."""
+    ax.plot(agg[x], agg["mean"], style, color=color, label=label, lw=1.4)
+    ax.fill_between(agg[x], agg["ci_low"].fillna(agg["mean"]), agg["ci_high"].fillna(agg["mean"]), color=color,
+                    alpha=0.18, lw=0)
+
+
+def _panels(design: Design, frame: pd.DataFrame) -> tuple[list[tuple], int, int]:
+    """The (x level, col level) of each panel and the grid's rows and columns: x down, col across
+    when both vary (shrunk to fit the width), else wrapped into at most ``MAX_COLS`` columns."""
+    xs = levels(frame, design.x) if design.x else [None]
+    cols = levels(frame, design.col) if design.col else [None]
+    panels = [(r, c) for r in xs for c in cols]
+    if design.x and design.col:
+        return panels, len(xs), len(cols)
+    n_cols = min(len(panels), MAX_COLS)
+    return panels, math.ceil(len(panels) / n_cols), n_cols
+
+
+def _panel_title(design: Design, r, c) -> str:
+    """``activation=tanh`` over ``depth=16``: one line per factor, dotted keys by their last part."""
+    return "\n".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in ((design.x, r), (design.col, c)) if v is not None)
+
+
+def _log_axis_around_means(ax, means: np.ndarray, chance: float | None = None) -> None:
+    """A log y axis spanning the means (and chance): a wide band of 3 seeds is cut at the edge rather
+    than squeezing every curve into a sliver; plain numbers at 1-2-5 steps when it spans <= 2 decades."""
+    means = means[np.isfinite(means) & (means > 0)]
+    ax.set_yscale("log")
+    if not len(means):
+        return
+    low, high = means.min(), means.max()
+    if chance is not None:
+        low, high = min(low, chance), max(high, chance)
+    low, high = low / 1.6, high * 1.6
+    ax.set_ylim(low, high)
+    if high / low <= 150:
+        ax.yaxis.set_major_locator(mticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(mticker.NullFormatter())
 
 
 def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
-                    metrics: tuple[str, str] = ("train_loss", "val_loss"), log_y: bool = True) -> Figure:
-    """Per-epoch ``metrics`` (solid = first, dashed = second): mean over seeds, band = the seeds' range
-    (min to max: always positive on a log axis, unlike a t-interval over 3 seeds); rows = design.x,
-    columns = design.col, one colour per hue."""
+                    metrics: tuple[str, str] = ("train_loss", "val_loss"), log_y: bool | None = None) -> Figure:
+    """Per-epoch ``metrics`` (solid = first, dashed = second): mean and 95% CI over seeds (log-space
+    for losses, cut to [0, 1] for accuracies); one panel per (design.x, design.col), one colour per
+    hue; the chance level (ln 10 for the loss, 0.1 for accuracy) dotted."""
+    scale = metric_scale(metrics[0])
+    log_y = scale == "log" if log_y is None else log_y
     frame = with_params(history[history["metric"].isin(metrics)], runs, design.by)
-    agg = aggregate(frame, [*design.by, "metric", "step"], "value")
-    row_levels = levels(agg, design.x) if design.x else [None]
-    col_levels = levels(agg, design.col) if design.col else [None]
-    fig, axes = plt.subplots(len(row_levels), len(col_levels), figsize=(3.0 * len(col_levels) + 1.5,
-                             2.4 * len(row_levels) + 0.8), squeeze=False, sharex=True, sharey=True,
-                             layout="constrained")
+    agg = aggregate(frame, [*design.by, "metric", "step"], "value", scale=scale)
+    panels, n_rows, n_cols = _panels(design, agg)
+    fig, axes = _subplots(n_rows, n_cols, 2.6, 2.1, sharex=True, sharey=True)
     colors = _palette(agg, design.hue)
-    for i, r in enumerate(row_levels):
-        for j, c in enumerate(col_levels):
-            ax = axes[i, j]
-            part = agg
-            if r is not None:
-                part = part[part[design.x] == r]
-            if c is not None:
-                part = part[part[design.col] == c]
-            for hue in levels(agg, design.hue):
-                for metric, style in zip(metrics, ("-", "--")):
-                    rows = part[(part[design.hue] == hue) & (part["metric"] == metric)]
-                    if len(rows):
-                        _band(ax, rows, "step", colors[hue], str(hue) if style == "-" else "_nolegend_", style,
-                              band=("min", "max"))
-            title = " · ".join(f"{k}={v}" for k, v in ((design.x, r), (design.col, c)) if v is not None)
-            ax.set_title(title, fontsize=9)
-            if log_y:
-                ax.set_yscale("log")
-            ax.grid(alpha=0.3)
+    for ax, (r, c) in zip(axes.flat, panels):
+        part = agg
+        if r is not None:
+            part = part[part[design.x] == r]
+        if c is not None:
+            part = part[part[design.col] == c]
+        for hue in levels(agg, design.hue):
+            for metric, style in zip(metrics, ("-", "--")):
+                rows = part[(part[design.hue] == hue) & (part["metric"] == metric)]
+                if len(rows):
+                    _band(ax, rows, "step", colors[hue], str(hue) if style == "-" else "_nolegend_", style)
+        ax.set_title(_panel_title(design, r, c), fontsize=8)
+        ax.grid(alpha=0.3)
+    if log_y:  # once, on the shared axis
+        _log_axis_around_means(axes.flat[0], agg["mean"].to_numpy(dtype=float), CHANCE_LOSS)
+    chance = CHANCE_LOSS if scale == "log" else CHANCE_ACC if scale == "fraction" else None
+    if scale == "fraction":
+        axes.flat[0].set_ylim(*_data_limits(agg[["ci_low", "ci_high", "mean"]].to_numpy(dtype=float).ravel(),
+                                            CHANCE_ACC))
+    if chance is not None:
+        for ax in axes.flat[:len(panels)]:
+            _chance_line(ax, chance)
     for ax in axes[-1]:
         ax.set_xlabel("epoch")
     for ax in axes[:, 0]:
-        ax.set_ylabel("loss")
+        ax.set_ylabel("loss" if scale == "log" else "accuracy" if scale == "fraction" else metrics[0])
+    _hide_unused(axes, len(panels))
     _legend(fig, axes, design.hue)
-    fig.suptitle(f"Learning curves: {metrics[0]} (solid), {metrics[1]} (dashed)\nmean over seeds, "
-                 "band = min to max")
+    what = {"log": "loss", "fraction": "accuracy"}.get(scale, "curves")
+    chance_text = {"log": "; dotted: chance, ln 10", "fraction": "; dotted: chance, 0.1"}.get(scale, "")
+    _title(fig, f"Learning curves ({what}): {metrics[0]} (solid), {metrics[1]} (dashed); mean and {BAND}"
+                + chance_text)
     return fig
+
+
+def _mark_zeros(ax, agg: pd.DataFrame, color) -> bool:
+    """Layers whose value is exactly 0 (in any seed) as a marker on the log axis' bottom edge."""
+    zeros = agg[agg["n_zero"] > 0]
+    if zeros.empty:
+        return False
+    edge = mtransforms.blended_transform_factory(ax.transData, ax.transAxes)
+    ax.plot(zeros["layer"], np.full(len(zeros), 0.02), "v", color=color, ms=6, mec="black", mew=0.5,
+            transform=edge, clip_on=False, label="= 0 (some or all seeds)")
+    return True
 
 
 def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat: str = "grad_norm",
                   log_y: bool | None = None, theory: pd.DataFrame | None = None) -> Figure:
     """``stat`` (grad_norm, act_std, act_saturation, act_mean) against layer index (1 = input side),
-    at initialisation (top row) and after training (bottom row); columns = design.x, one line per hue.
-    With depth as a facet, only the deepest networks are drawn (where vanishing shows). ``theory``
+    at initialisation and after training; one panel per design.x level and phase (wrapped into at most
+    ``MAX_COLS`` columns), one line per hue. With depth as a facet, only the deepest networks are drawn
+    (where vanishing shows). Log axes (norms, stds) use geometric means and mark exact zeros. ``theory``
     (rows run_id, layer, value: ``theory_plots.predicted_profile``) adds the prediction at
     initialisation as dashed lines (mean over seeds)."""
     frame = with_params(layers[layers["stat"] == stat], runs, design.by)
     frame, suffix = deepest(frame, design)
-    log_y = stat in ("grad_norm", "act_std") if log_y is None else log_y  # both span decades
-    col_levels = levels(frame, design.x) if design.x else [None]
-    fig, axes = plt.subplots(2, len(col_levels), figsize=(3.3 * len(col_levels) + 1.5, 5.6), squeeze=False,
-                             sharex=True, sharey="row" if log_y else True, layout="constrained")
+    scale = metric_scale(stat)
+    log_y = scale == "log" if log_y is None else log_y
+    x_levels = levels(frame, design.x) if design.x else [None]
+    n_cols = min(len(x_levels), MAX_COLS)
+    block = math.ceil(len(x_levels) / n_cols)  # rows per phase
+    fig, axes = _subplots(2 * block, n_cols, 2.6, 2.2, sharex=True, sharey=True)
     colors = _palette(frame, design.hue)
+    any_zero = False
     for i, phase in enumerate(PHASES):
         snap = at_step(frame, phase)
-        for j, c in enumerate(col_levels):
-            ax = axes[i, j]
+        for j, c in enumerate(x_levels):
+            ax = axes[i * block + j // n_cols, j % n_cols]
             part = snap if c is None else snap[snap[design.x] == c]
             for hue in levels(frame, design.hue):
                 rows = part[part[design.hue] == hue]
                 if len(rows):
-                    agg = aggregate(rows, ["layer"], "value")
-                    if log_y:  # a band reaching zero or below cannot be drawn on a log axis
-                        agg["ci_low"] = agg["ci_low"].where(agg["ci_low"] > 0, agg["mean"])
-                    _band(ax, agg, "layer", colors[hue], str(hue))
-                    ax.plot(agg["layer"], agg["mean"], "o", color=colors[hue], ms=3)
+                    agg = aggregate(rows, ["layer"], "value", scale=scale)
+                    shown = agg[agg["mean"] > 0] if log_y else agg
+                    _band(ax, shown, "layer", colors[hue], str(hue))
+                    ax.plot(shown["layer"], shown["mean"], "o", color=colors[hue], ms=3)
+                    if log_y:
+                        any_zero |= _mark_zeros(ax, agg, colors[hue])
                     predicted = None if theory is None or phase != "init" else theory[
                         theory["run_id"].isin(rows["run_id"])]
                     if predicted is not None and len(predicted):
                         mean = predicted.groupby("layer")["value"].mean()
                         ax.plot(mean.index, mean.to_numpy(), "--", color=colors[hue], lw=1.2,
                                 label="mean-field theory" if hue == levels(frame, design.hue)[0] else "_nolegend_")
+            head = f"{design.x}={c}\n" if c is not None else ""
+            ax.set_title(head + PHASES[phase], fontsize=8)
             if log_y:
                 ax.set_yscale("log")
-            ax.set_title(f"{design.x}={c}\n{PHASES[phase]}" if c is not None else PHASES[phase], fontsize=9)
-            ax.grid(alpha=0.3, which="both" if not log_y else "major")
-        axes[i, 0].set_ylabel(STAT_LABELS.get(stat, stat))
+            ax.grid(alpha=0.3, which="major")
+        for j in range(len(x_levels), block * n_cols):  # unused cells of this phase's block
+            axes[i * block + j // n_cols, j % n_cols].set_visible(False)
+    if scale == "fraction":
+        axes.flat[0].set_ylim(-0.03, 1.03)
+    for ax in axes[:, 0]:
+        ax.set_ylabel(STAT_LABELS.get(stat, stat))
     for ax in axes[-1]:
         ax.set_xlabel("layer (1 = nearest the input)")
         ax.xaxis.get_major_locator().set_params(integer=True)
     _legend(fig, axes, design.hue)
-    dashed = "\n(dashed: mean-field theory)" if theory is not None and len(theory) else ""
-    fig.suptitle(f"{STAT_LABELS.get(stat, stat)} by layer{suffix}: mean and 95% CI over seeds{dashed}")
+    how = "geometric mean and 95% CI over seeds (log-space)" if scale == "log" else f"mean and {BAND}"
+    dashed = "; dashed: mean-field theory" if theory is not None and len(theory) else ""
+    _title(fig, f"{STAT_LABELS.get(stat, stat)} by layer{suffix}: {how}{dashed}"
+                + ("; ▼ at the bottom edge = exactly 0, which a log axis cannot show" if any_zero else ""))
     return fig

@@ -6,9 +6,10 @@ import pandas as pd
 
 from .design import Design, deepest, levels
 from .records import at_step, with_params
-from .stats import aggregate, config_label
+from .stats import aggregate, config_label, metric_scale
 
 CHANCE_MAX = 0.2  # 10 classes: below this a configuration has not learned anything useful
+GRADIENT_LIST_MAX = 12  # configurations listed one by one; beyond, the middle is summarised
 
 
 def _ci(row: pd.Series) -> str:
@@ -36,7 +37,7 @@ def overview(runs: pd.DataFrame, design: Design) -> str:
 
 def best_and_worst(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> list[str]:
     """The best and worst configuration by mean ``metric`` and the ones that stayed near chance."""
-    agg = aggregate(runs, design.by, metric).dropna(subset=["mean"])
+    agg = aggregate(runs, design.by, metric, scale=metric_scale(metric)).dropna(subset=["mean"])
     if agg.empty:
         return [f"No run finished with a {metric}."]
     agg["label"] = _label(agg, design)
@@ -84,16 +85,29 @@ def gradient_flow(layers: pd.DataFrame, runs: pd.DataFrame, design: Design) -> l
         per_run = pd.DataFrame({"first": first, "ratio": first / last}).reset_index()
     per_run = with_params(per_run, runs, design.by)
     by = [c for c in design.by if c != "model.depth"]
-    agg = aggregate(per_run, by, "first").dropna(subset=["mean"])
+    agg = aggregate(per_run, by, "first", scale="log").dropna(subset=["mean"])
     if agg.empty:
         return []
-    ratio = aggregate(per_run, by, "ratio")[[*by, "mean"]].rename(columns={"mean": "ratio"})
+    ratio = aggregate(per_run, by, "ratio", scale="log")[[*by, "mean"]].rename(columns={"mean": "ratio"})
     agg = agg.merge(ratio, on=by, how="left").sort_values("mean")
     agg["label"] = config_label(agg, by)
-    fmt = lambda r: f"{r['label']} {r['mean']:.2g} (x{r['ratio']:.2g})"  # noqa: E731
-    picked = agg if len(agg) <= 6 else pd.concat([agg.head(3), agg.tail(3)])
-    return [f"At initialisation{suffix}, the gradient norm reaching layer 1 (in brackets: relative to the output "
-            f"layer's; x1 = no vanishing), smallest first: " + "; ".join(fmt(r) for _, r in picked.iterrows()) + "."]
+    def fmt(r: pd.Series) -> str:
+        if r["mean"] == 0:  # every seed's norm underflowed to 0 (a geometric mean of zeros)
+            return f"{r['label']} exactly 0"
+        return f"{r['label']} {r['mean']:.2g} (x{r['ratio']:.2g})"
+
+    items = [fmt(r) for _, r in agg.iterrows()]
+    if len(items) > GRADIENT_LIST_MAX:  # the middle is left out, and the sentence says so
+        omitted = agg.iloc[4:-4]
+        items = items[:4] + [f"… {len(omitted)} more between {omitted['mean'].min():.2g} and "
+                             f"{omitted['mean'].max():.2g} (every one in grad_norm_by_layer.png) …"] + items[-4:]
+    return [f"At initialisation{suffix}, the gradient norm reaching layer 1 (geometric mean over seeds; in "
+            f"brackets: relative to the output layer's, x1 = no vanishing), all {len(agg)} configurations, "
+            f"smallest first: " + "; ".join(items) + "."
+            if len(agg) <= GRADIENT_LIST_MAX else
+            f"At initialisation{suffix}, the gradient norm reaching layer 1 (geometric mean over seeds; in "
+            f"brackets: relative to the output layer's, x1 = no vanishing), the 4 smallest and 4 largest of "
+            f"{len(agg)} configurations: " + "; ".join(items) + "."]
 
 
 def saturation(layers: pd.DataFrame, runs: pd.DataFrame, design: Design) -> list[str]:

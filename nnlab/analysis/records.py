@@ -44,6 +44,11 @@ class AnalysisError(RuntimeError):
     """The record cannot answer the question asked: no such experiment, no runs, missing metrics,
     or a tracking store that cannot be reached. The message says which and what exists instead."""
 
+    def _render_traceback_(self) -> list[str]:
+        # IPython (Jupyter, papermill) shows this instead of a traceback: a notebook whose experiment
+        # is missing stops at its first cell with the one line that says what is wrong
+        return [f"AnalysisError: {self}"]
+
 
 # --- connecting -------------------------------------------------------------------------------
 

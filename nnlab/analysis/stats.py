@@ -14,7 +14,18 @@ SEED_KEYS = ("seed",)
 _NOT_DESIGN = ("tracking.",)
 # Preferred order of design axes: the first varying one is the hue, then x, then facets.
 _AXIS_ORDER = ("init", "optimizer", "activation", "model.depth", "optimizer.lr", "model.width")
-AGG_COLUMNS = ("n", "n_missing", "mean", "std", "sem", "ci_low", "ci_high", "min", "max")
+AGG_COLUMNS = ("n", "n_missing", "n_zero", "mean", "std", "sem", "ci_low", "ci_high", "min", "max")
+
+
+def metric_scale(metric: str) -> str:
+    """The ``SCALES`` entry of a record name: fractions for accuracies and saturation, log for norms
+    and stds (and losses: positive, spanning decades), linear otherwise."""
+    name = metric.split("/", 1)[0]
+    if name.endswith("_acc") or name == "act_saturation":
+        return "fraction"
+    if name in ("grad_norm", "act_std", "preact_std") or name.endswith("_loss"):
+        return "log"
+    return "linear"
 
 
 def param_columns(runs: pd.DataFrame) -> list[str]:
@@ -66,31 +77,49 @@ def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_boot: int = 20
     return (float(low), float(high))
 
 
+# How a quantity's interval respects its range: "linear" (any real), "fraction" (accuracy, saturated
+# fraction: the interval is cut to [0, 1], where the mean lives), "log" (norms, stds: positive and
+# spanning decades; mean and interval are computed on log values, i.e. a geometric mean with an
+# interval that is always > 0; exact zeros are left out of both and counted in ``n_zero``).
+SCALES = ("linear", "fraction", "log")
+
+
 def summarize(values: Sequence[float], level: float = 0.95, method: str = "t", n_boot: int = 2000,
-              seed: int = 0) -> dict[str, float]:
-    """n, n_missing, mean, std (ddof=1), sem, CI, min and max of ``values``; NaNs (failed runs) are
-    counted apart."""
+              seed: int = 0, scale: str = "linear") -> dict[str, float]:
+    """n, n_missing, n_zero, mean, std (ddof=1), sem, CI, min and max of ``values``; NaNs (failed runs)
+    are counted apart. ``scale`` (see ``SCALES``) keeps the mean and CI inside the quantity's range."""
     if method not in ("t", "bootstrap"):
         raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     arr = np.asarray(values, dtype=float)
     finite = arr[np.isfinite(arr)]
     n = len(finite)
     std = float(np.std(finite, ddof=1)) if n >= 2 else np.nan
-    if method == "t":
-        low, high = t_interval(finite, level)
+    interval = t_interval if method == "t" else lambda v, lv: bootstrap_interval(v, lv, n_boot, seed)
+    n_zero = int(np.sum(finite == 0)) if scale == "log" else 0
+    if scale == "log":
+        positive = finite[finite > 0]
+        logs = np.log(positive)
+        mean = float(np.exp(np.mean(logs))) if len(positive) else (0.0 if n_zero else np.nan)
+        low, high = np.exp(interval(logs, level))
     else:
-        low, high = bootstrap_interval(finite, level, n_boot, seed)
-    return {"n": n, "n_missing": len(arr) - n, "mean": float(np.mean(finite)) if n else np.nan, "std": std,
-            "sem": std / np.sqrt(n) if n >= 2 else np.nan, "ci_low": low, "ci_high": high,
+        mean = float(np.mean(finite)) if n else np.nan
+        low, high = interval(finite, level)
+        if scale == "fraction":
+            low, high = float(np.clip(low, 0.0, 1.0)), float(np.clip(high, 0.0, 1.0))
+    return {"n": n, "n_missing": len(arr) - n, "n_zero": n_zero, "mean": mean, "std": std,
+            "sem": std / np.sqrt(n) if n >= 2 else np.nan, "ci_low": float(low), "ci_high": float(high),
             "min": float(np.min(finite)) if n else np.nan, "max": float(np.max(finite)) if n else np.nan}
 
 
 def aggregate(frame: pd.DataFrame, by: Sequence[str], value: str = "test_acc", *, level: float = 0.95,
-              method: str = "t", n_boot: int = 2000, seed: int = 0) -> pd.DataFrame:
+              method: str = "t", n_boot: int = 2000, seed: int = 0, scale: str = "linear") -> pd.DataFrame:
     """One row per group of ``by`` (e.g. init, activation, depth: the seeds collapse) with
     ``n, n_missing, mean, std, sem, ci_low, ci_high, min, max`` of column ``value``.
 
-    ``method`` is ``"t"`` (Student-t interval) or ``"bootstrap"`` (percentile, ``n_boot`` resamples).
+    ``method`` is ``"t"`` (Student-t interval) or ``"bootstrap"`` (percentile, ``n_boot`` resamples);
+    ``scale`` keeps mean and interval in the quantity's range (``SCALES``: linear, fraction, log).
     Non-finite values (a failed run's missing test_acc) are left out of the statistics and counted
     in ``n_missing``.
     """
@@ -104,9 +133,9 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str], value: str = "test_acc", *
     for key, group in frame.groupby(by, sort=True, dropna=False) if by else [((), frame)]:
         key = key if isinstance(key, tuple) else (key,)
         rows.append({**dict(zip(by, key)), **summarize(group[value].to_numpy(dtype=float), level, method,
-                                                       n_boot, seed)})
+                                                       n_boot, seed, scale)})
     out = pd.DataFrame(rows, columns=[*by, *AGG_COLUMNS])
-    return out.astype({"n": "int64", "n_missing": "int64"})
+    return out.astype({"n": "int64", "n_missing": "int64", "n_zero": "int64"})
 
 
 def config_label(runs: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
@@ -120,7 +149,7 @@ def config_label(runs: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
 def summary_table(runs: pd.DataFrame, by: Sequence[str], metric: str = "test_acc") -> pd.DataFrame:
     """Per configuration: runs, failed, mean/std/95% CI of ``metric``, mean best_val_acc and train time;
     sorted best first."""
-    agg = aggregate(runs, by, metric)
+    agg = aggregate(runs, by, metric, scale=metric_scale(metric))
     extra = runs.groupby(list(by), dropna=False).agg(runs=("run_id", "size"), failed=("failed", "sum"),
                                                      best_val_acc=("best_val_acc", "mean"),
                                                      train_seconds=("train_seconds", "mean")).reset_index()
