@@ -48,6 +48,7 @@ class TrackingConfig:
     experiment: str = "nnlab"
     flush_seconds: float = 1.0  # buffered metrics reach MLflow at least this often (live UI)
     log_weights: bool = True  # trained weights as a weights.npz artifact
+    sweep_report: bool = True  # a sweep's report (nnlab.report) attached to its parent run
 
 
 @dataclass

@@ -11,6 +11,7 @@ failed (diverged or raised) — in a sweep, after every job ran; 2 a refused con
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -42,9 +43,10 @@ def load_data(cfg: DictConfig):
 
 @functools.lru_cache(maxsize=4)
 def _cached_inputs(key: tuple[tuple[str, Any], ...]) -> list:
+    from nnlab.data import load_shared
     from nnlab.tracking import dataset_inputs
 
-    data = _cached_dataset(key)
+    data = load_shared(**dict(key))
     splits = {s: (getattr(data, f"x_{s}"), getattr(data, f"y_{s}")) for s in ("train", "val", "test")}
     return dataset_inputs(data.name, splits, {"nnlab.data.load_dataset": ", ".join(f"{k}={v}" for k, v in key)})
 

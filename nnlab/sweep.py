@@ -32,6 +32,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab import signals
+from nnlab.sweep_view import parent_run_name
 from nnlab.tracking import FAILURE_TAG, HOST_TAG, PID_TAG, ROLE_TAG, RunLogger, Tracker, resolve_uri, ui_hint
 
 ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE = "NNLAB_PARENT_RUN_ID", "NNLAB_SWEEP_ID", "NNLAB_SWEEP_SIZE"
@@ -75,8 +76,6 @@ def _first_line(err: BaseException) -> str:
     return (str(err).splitlines() or [""])[0][:300]
 
 
-def sweep_run_name(sweep_id: str) -> str:
-    return f"sweep-{sweep_id}"
 
 
 def _refuse(message: str) -> None:
@@ -137,6 +136,7 @@ class SweepCallback(Callback):
         from nnlab.workers import prestart, uses_joblib
 
         self._joblib = uses_joblib(config)
+        self._report = bool(OmegaConf.select(config, "tracking.sweep_report", default=True))
         _check_data(self.plan.configs if self.plan is not None else [config], load=not self._joblib)
         self._open_experiment(config)
         sweep_id, parent_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}", None
@@ -160,7 +160,8 @@ class SweepCallback(Callback):
                 self.parent = self.tracker.reopen(parent_id)
                 self.parent.set_tags({k: v for k, v in tags.items() if k != "sweep_id"})
             else:
-                self.parent = self.tracker.start_run(self.experiment_id, sweep_run_name(sweep_id), tags)
+                name = parent_run_name(config.tracking.experiment, axes, time.time(), sweep_id)
+                self.parent = self.tracker.start_run(self.experiment_id, name, tags)
             self.parent.flush()
         finally:
             if warming is not None:
@@ -267,8 +268,11 @@ class SweepCallback(Callback):
                                 self.done_before)
             self.parent.set_tags({"nnlab.jobs_finished": summary.finished, "nnlab.jobs_failed": summary.failed,
                                   "nnlab.jobs_not_run": summary.not_run if aborted else 0})
+            self._log_summary(summary)
             if self.sweep_dir is not None:
                 self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
+                if self._report and aborted is None and summary.finished_runs:
+                    self._attach_report()
             error = aborted if aborted is not None else (
                 JobsFailed(f"{summary.failed} of {summary.total} jobs failed") if summary.failed else None)
             self.parent.close(error)
@@ -282,6 +286,30 @@ class SweepCallback(Callback):
                     self._stop_file.unlink()
         _ACTIVE = None
         return summary.failed + (summary.not_run if aborted else 0)
+
+    def _log_summary(self, summary: "Summary") -> None:
+        """The sweep's outcome on its parent run, comparable across sweeps in the UI (sweep/* metrics,
+        the best run's name and id as tags)."""
+        from nnlab.sweep_view import JOBS_FAILED, JOBS_FINISHED, SWEEP_SECONDS, parent_summary
+
+        metrics, tags = parent_summary(summary.finished_runs)
+        metrics.update({JOBS_FINISHED: float(summary.finished), JOBS_FAILED: float(summary.failed),
+                        SWEEP_SECONDS: round(time.monotonic() - self.started, 3)})
+        self.parent.set_tags(tags)
+        self.parent.log_metrics(metrics, step=0)
+
+    def _attach_report(self) -> None:
+        """Draw this sweep's report (``nnlab.report``) and attach it to the parent run under ``report/``;
+        a report that cannot be drawn is one line, never a reason for the sweep to fail
+        (``tracking.sweep_report=false`` skips it)."""
+        try:
+            from nnlab.report import write_sweep_report
+
+            out = self.sweep_dir / "report"
+            write_sweep_report(self.tracker.client, self.experiment_id, self.parent.run_id, out)
+            self.parent.log_artifact(out, "report")
+        except Exception as err:
+            print(f"nnlab: no report attached to the sweep: {_first_line(err)}", file=sys.stderr)
 
     def _children(self) -> list:
         return self.tracker.children(self.experiment_id, self.parent.run_id)

@@ -239,3 +239,22 @@ def test_sweep_to_a_remote_tracking_server(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_the_parent_names_the_sweep_and_carries_its_summary_and_report(tmp_path):
+    result = nnlab_run(tmp_path, "-m", "activation=relu,tanh", "init=he,xavier", *FAST)
+    parent, children = check_sweep(tmp_path, result, 4)
+    assert parent.info.run_name.startswith("nnlab: activation×init 20")  # study: axes, then the time
+    best = max(children, key=lambda c: c.data.metrics["test_acc"])
+    assert parent.data.metrics["sweep/jobs_finished"] == 4 and parent.data.metrics["sweep/jobs_failed"] == 0
+    assert parent.data.metrics["sweep/best_test_acc"] == best.data.metrics["test_acc"]
+    assert parent.data.tags["nnlab.best_run"] == best.info.run_name
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/index.md", "report/final_accuracy.png", "report/grad_norm_by_layer.png"} <= report
+    off = nnlab_run(tmp_path, "-m", "seed=5,6", "tracking.sweep_report=false", *FAST)
+    assert off.returncode == 0, off.stderr
+    newest = max((r for r in all_runs(tmp_path) if r.data.tags.get("nnlab.role") == "sweep"),
+                 key=lambda r: r.info.start_time)
+    assert [a.path for a in client.list_artifacts(newest.info.run_id)] == ["multirun.yaml"]
