@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnlab import config as C
 from nnlab._cli import exit_without_final_collection, freeze_startup_heap
-from nnlab.tracking import RunLogger, Tracker, job_context, ui_hint
+from nnlab.tracking import RunLogger, RunSpooled, StoreUnavailable, Tracker, job_context
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # absolute: works from any cwd and any import path
 
@@ -148,15 +148,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     context = job_context()
     data = load_data(cfg)
     model, optimizer, train_config = build(cfg, data)
-    tracker = Tracker(cfg.tracking.uri, base=context.get("cwd"))
-    experiment_id = tracker.experiment_id(cfg.tracking.experiment)
+    tracker = Tracker.from_config(cfg.tracking, base=context.get("cwd"))
     name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
-    parent_id = context.get("parent_id")
-    if parent_id is None and context.get("sweep_id"):  # a worker spawned before the parent run existed
-        parent_id = tracker.sweep_parent(experiment_id, context["sweep_id"])
-    with tracker.start_run(experiment_id, name, _run_tags(cfg, context), parent_id,
-                           cfg.tracking.flush_seconds) as run:
+    # a worker spawned before the parent run existed finds it by the sweep_id tag; a job of a sweep
+    # (whose store answered at its start) goes on if the store fails now, and spools its run
+    with tracker.open_run(cfg.tracking.experiment, name, _run_tags(cfg, context), context.get("parent_id"),
+                          cfg.tracking.flush_seconds, spool_if_unreachable=bool(context.get("multirun"))) as run:
         run.log_params({**C.group_choices(cfg, context.get("choices")), **C.flat_params(cfg)})
+        run.flush()  # first write small: params and tags are in the store within the run's first second
         bar = progress(name, train_config.epochs, _show_bar(context))
         with bar as show, blas_threads(_blas_limit(cfg, context)):
             def record(epoch: int, metrics: dict[str, float]) -> None:
@@ -169,8 +168,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.log_metrics(final, step=history.epochs_run)
         _log_artifacts(run, cfg, model, context)
     print(summary_line(context, name, final, history.best_val_acc), flush=True)
+    if run.spooled is not None and not tracker.offline:
+        raise RunSpooled(name, run.spooled, tracker.spool_dir, tracker.uri)
     if not context.get("multirun"):
-        print(ui_hint(tracker.uri, experiment_id), file=sys.stderr, flush=True)
+        print(tracker.where(run.experiment_id), file=sys.stderr, flush=True)
     return final
 
 
@@ -195,8 +196,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _one_line(err: BaseException, cfg: DictConfig, context: dict) -> str:
     from nnlab.core import DivergenceError
 
-    if isinstance(err, C.ConfigError):
+    if isinstance(err, (C.ConfigError, StoreUnavailable)):
         return f"nnlab: {err} -- no run was created"
+    if isinstance(err, RunSpooled):
+        return f"nnlab: {err}"
     first = (str(err).splitlines() or [""])[0]
     kind = "diverged" if isinstance(err, DivergenceError) else type(err).__name__
     name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
@@ -215,7 +218,7 @@ def main(cfg: DictConfig) -> float | None:
         print(_one_line(err, cfg, context), file=sys.stderr, flush=True)
         if context.get("multirun"):
             return None  # the sweep goes on; SweepCallback counts failures and exits 1 at the end
-        sys.exit(2 if isinstance(err, C.ConfigError) else 1)
+        sys.exit(2 if isinstance(err, (C.ConfigError, StoreUnavailable)) else 1)
 
 
 def cli() -> None:
