@@ -189,6 +189,8 @@ class RunSpooled(RuntimeError):
 
 def _reason(err: BaseException) -> str:
     """A short reason for a store error: MLflow's HTTP errors are a page long."""
+    if isinstance(err, StoreUnavailable):
+        return err.reason
     text = str(err)
     for needle, short in (("Connection refused", "connection refused"), ("timed out", "no answer in time"),
                           ("Name or service not known", "unknown host"),
@@ -226,6 +228,9 @@ _HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "
 def bound_http_requests(settings: StoreSettings) -> None:
     """Bound MLflow's HTTP requests (by default up to 7 retries of 120 s each, with backoff): set its
     environment variables, read at every request and inherited by worker processes."""
+    import logging
+
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # nnlab says it once, in one line
     os.environ.update({"MLFLOW_HTTP_REQUEST_TIMEOUT": str(max(1, math.ceil(settings.connect_timeout))),
                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(settings.retries),
                        "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"})
