@@ -255,6 +255,21 @@ def _single_attempt(on: bool) -> Iterator[None]:
             os.environ[key] = before
 
 
+@contextlib.contextmanager
+def _quiet_store() -> Iterator[None]:
+    """MLflow's sqlite store logs a page-long traceback for each failed write (a full disk, a
+    read-only file) before raising; nnlab reports the failure itself, in one line."""
+    import logging
+
+    logger = logging.getLogger("mlflow.store.db.utils")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _warn(message: str) -> None:
     print(f"nnlab: {message}", file=sys.stderr, flush=True)
 
@@ -344,7 +359,7 @@ class RunLogger:
 
     def _attempt(self) -> bool:
         try:
-            with _single_attempt(not self.healthy):
+            with _single_attempt(not self.healthy), _quiet_store():
                 if not self.created:
                     self._create()
                 while self._metrics or self._params or self._tags:
@@ -449,7 +464,7 @@ class RunLogger:
             return True
         folder = self._spool_writer().artifacts_dir()
         try:
-            with uninterrupted():
+            with uninterrupted(), _quiet_store():
                 self.client.log_artifacts(self.run_id, str(folder))
         except Exception as err:
             self._failed(err)
@@ -460,7 +475,7 @@ class RunLogger:
 
     def _terminate(self) -> bool:
         try:
-            with uninterrupted(), _single_attempt(not self.healthy):
+            with uninterrupted(), _single_attempt(not self.healthy), _quiet_store():
                 self.client.set_terminated(self.run_id, status=self.status, end_time=self.end_time)
         except Exception as err:
             self._failed(err)
@@ -481,7 +496,7 @@ class RunLogger:
             for write in (lambda: self.client.set_tag(self.run_id, FAILURE_TAG, "not_recorded"),
                           lambda: self.client.set_terminated(self.run_id, status="FAILED")):
                 try:
-                    with uninterrupted(), _single_attempt(True):
+                    with uninterrupted(), _single_attempt(True), _quiet_store():
                         write()
                 except Exception:
                     pass
