@@ -188,7 +188,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "tracking.experiment": _NON_EMPTY,
     "tracking.flush_seconds": _NON_NEGATIVE,
     "tracking.connect_timeout": _POSITIVE,
-    "tracking.retries": _int_at_least(0),
+    "tracking.retries": ((lambda v: _is_int(v) and 0 <= v <= 10), "must be an integer in 0..10 (MLflow's limit)"),
     "tracking.retry_seconds": _NON_NEGATIVE,
     "init.std": _POSITIVE,
     "init.gain": _POSITIVE,

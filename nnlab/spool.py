@@ -164,6 +164,18 @@ def read_run(folder: Path) -> SpooledRun | None:
     return SpooledRun(folder, manifest, load(PARAMS), load(TAGS), list(_metrics(folder / METRICS)))
 
 
+def read_manifests(spool_dir: str | Path) -> Iterator[dict[str, Any]]:
+    """Every run's manifest only (cheap: no metrics read)."""
+    spool_dir = Path(spool_dir)
+    if not spool_dir.is_dir():
+        return
+    for folder in sorted(spool_dir.iterdir()):
+        try:
+            yield json.loads((folder / MANIFEST).read_text())
+        except (OSError, ValueError):
+            continue
+
+
 def read_spool(spool_dir: str | Path) -> list[SpooledRun]:
     """Every run in the spool, parents before their children (the order a replay needs)."""
     spool_dir = Path(spool_dir)

@@ -364,9 +364,9 @@ class RunLogger:
                     self._create()
                 while self._metrics or self._params or self._tags:
                     metrics, params, tags = self._metrics[:_MAX_METRICS], self._params[:_MAX_PARAMS], self._tags[:_MAX_TAGS]
-                    with uninterrupted():
+                    with uninterrupted():  # a held Ctrl-C is delivered after the buffers know what was sent
                         self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=tags)
-                    del self._metrics[:len(metrics)], self._params[:len(params)], self._tags[:len(tags)]
+                        del self._metrics[:len(metrics)], self._params[:len(params)], self._tags[:len(tags)]
         except Exception as err:  # unreachable, full, read-only, locked: keep everything and go on
             self._failed(err)
             return False
@@ -396,8 +396,8 @@ class RunLogger:
             tags[PARENT_TAG] = self.parent_id
         with uninterrupted():
             run = self.client.create_run(self.experiment_id, start_time=self.start_time, run_name=self.name, tags=tags)
-        self.run_id, self.created = run.info.run_id, True
-        self._tags = [t for t in self._tags if t.key not in tags]  # sent with the run
+            self.run_id, self.created = run.info.run_id, True
+            self._tags = [t for t in self._tags if t.key not in tags]  # sent with the run
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """A file or a folder (its content) into the run's artifacts; kept in the spool folder if the
@@ -635,7 +635,8 @@ class Tracker:
         key = (self.uri, name)
         if key not in self._experiments:
             try:
-                self._experiments[key] = self._get_or_create_experiment(name)
+                with _quiet_store():
+                    self._experiments[key] = self._get_or_create_experiment(name)
             except ValueError:
                 raise
             except Exception as err:
@@ -715,12 +716,10 @@ class Tracker:
     def sweep_parent(self, experiment_id: str, sweep_id: str) -> str | None:
         """The id of sweep ``sweep_id``'s parent run (looked up once per process), or None."""
         if self.offline:
-            from nnlab.spool import read_spool
+            from nnlab.spool import read_manifests
 
-            if not self.spool_dir.is_dir():
-                return None
             name = sweep_run_name(sweep_id)
-            return next((r.uid for r in read_spool(self.spool_dir) if r.manifest.get("run_name") == name), None)
+            return next((m["uid"] for m in read_manifests(self.spool_dir) if m.get("run_name") == name), None)
         try:
             return _sweep_parent(self.uri, experiment_id, sweep_id)
         except Exception as err:
@@ -735,8 +734,11 @@ class Tracker:
 
         runs, token = [], None
         while True:
-            page = self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
-                                           run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+            try:
+                page = self.client.search_runs([experiment_id], f"tags.`{PARENT_TAG}` = '{parent_id}'",
+                                               run_view_type=ViewType.ALL, max_results=1000, page_token=token)
+            except Exception as err:
+                raise StoreUnavailable(self.uri, _reason(err)) from err
             runs.extend(page)
             token = page.token
             if not token:
