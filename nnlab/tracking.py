@@ -446,18 +446,19 @@ class RunLogger:
         return self.tracker.settings.retry_seconds if self.tracker is not None else 0.0
 
     def _flush_until(self, deadline: float) -> bool:
+        """Attempt until the store takes the record or ``deadline`` passes (the last attempt at it);
+        at most 10 s apart, so a server that is back (its first answers can be slow) is found."""
         told = False
         while True:
             if self._attempt():
                 return True
-            wait = self._delay
-            if time.monotonic() + wait > deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return False
             if not told:
-                _warn(f"run {self.name}: retrying the store for up to "
-                      f"{max(0.0, deadline - time.monotonic()):.0f} s before writing it to the spool")
+                _warn(f"run {self.name}: retrying the store for up to {remaining:.0f} s before writing it to the spool")
                 told = True
-            time.sleep(wait)
+            time.sleep(min(self._delay, 10.0, remaining))
 
     def _send_staged(self) -> bool:
         if not self._staged:
