@@ -428,7 +428,11 @@ class RunLogger:
             self.set_tags(failure_tags(error))
         self.end_time = _now_ms()
         if self.offline:
-            self.spooled = self._write_spool("offline")
+            try:
+                self.spooled = self._write_spool("offline")
+            except OSError as err:
+                _warn(f"run {self.name}: the spool {self.tracker.spool_dir} cannot be written "
+                      f"({err.strerror or err}): its record is lost")
             return
         stopping = isinstance(error, (KeyboardInterrupt, SystemExit))  # one attempt: the user waits
         recorded, interrupt = False, None
@@ -470,7 +474,10 @@ class RunLogger:
         except Exception as err:
             self._failed(err)
             return False
-        shutil.rmtree(self._spool_writer().folder, ignore_errors=True)
+        folder = self._spool_writer().folder
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.parent.rmdir()  # the spool itself, if nothing else is in it
         self._staged = False
         return True
 
