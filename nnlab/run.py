@@ -6,7 +6,8 @@
 
 ``train(cfg)`` is a plain function (tests call it without the CLI); ``main`` is the thin Hydra
 wrapper that turns failures into one line and an exit status. Exit status: 0 all good; 1 a run
-failed (diverged or raised) — in a sweep, after every job ran; 2 a refused config (no run created).
+failed (diverged or raised, or could not be recorded and went to the spool) — in a sweep, after every
+job ran; 2 a refused config or an unusable store (no run created).
 """
 from __future__ import annotations
 
@@ -198,8 +199,6 @@ def _one_line(err: BaseException, cfg: DictConfig, context: dict) -> str:
 
     if isinstance(err, (C.ConfigError, StoreUnavailable)):
         return f"nnlab: {err} -- no run was created"
-    if isinstance(err, RunSpooled):
-        return f"nnlab: {err}"
     first = (str(err).splitlines() or [""])[0]
     kind = "diverged" if isinstance(err, DivergenceError) else type(err).__name__
     name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
@@ -215,7 +214,8 @@ def main(cfg: DictConfig) -> float | None:
         with _sigterm_as_interrupt():
             return train(cfg)["test_acc"]
     except Exception as err:  # the run (if any) is already closed as FAILED
-        print(_one_line(err, cfg, context), file=sys.stderr, flush=True)
+        if not isinstance(err, RunSpooled):  # a spooled run has said where it is, in one line
+            print(_one_line(err, cfg, context), file=sys.stderr, flush=True)
         if context.get("multirun"):
             return None  # the sweep goes on; SweepCallback counts failures and exits 1 at the end
         sys.exit(2 if isinstance(err, (C.ConfigError, StoreUnavailable)) else 1)
