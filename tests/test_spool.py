@@ -96,7 +96,14 @@ def test_a_killed_offline_run_is_synced_as_failed_interrupted(tmp_path):
     assert (stored.info.status, stored.data.tags["nnlab.failure"]) == ("FAILED", "interrupted")
 
 
-def test_a_run_whose_server_refuses_connections_trains_on_and_is_spooled_whole(tmp_path, capsys):
+@pytest.fixture
+def http_env(monkeypatch):
+    """The Tracker sets MLflow's HTTP variables for its process: undo that after the test."""
+    for key in T._HTTP_ENV:
+        monkeypatch.delenv(key, raising=False)
+
+
+def test_a_run_whose_server_refuses_connections_trains_on_and_is_spooled_whole(tmp_path, capsys, http_env):
     settings = T.StoreSettings(spool_dir=str(tmp_path / "spool"), retries=0, retry_seconds=0)
     tracker = T.Tracker(closed_port_uri(), settings=settings)
     with pytest.raises(T.StoreUnavailable, match="connection refused"):
@@ -162,9 +169,7 @@ def test_credentials_never_appear_in_messages():
     assert "s3cret" not in str(err) and "https://***@host:5000" in str(err)
 
 
-def test_bound_http_requests_sets_mlflow_environment(monkeypatch):
-    for key in T._HTTP_ENV:
-        monkeypatch.delenv(key, raising=False)
+def test_bound_http_requests_sets_mlflow_environment(http_env):
     T.bound_http_requests(T.StoreSettings(connect_timeout=2.5, retries=1))
     assert [os.environ[k] for k in T._HTTP_ENV] == ["3", "1", "1"]
 
