@@ -48,6 +48,11 @@ class TrackingConfig:
     experiment: str = "nnlab"
     flush_seconds: float = 1.0  # buffered metrics reach MLflow at least this often (live UI)
     log_weights: bool = True  # trained weights as a weights.npz artifact
+    offline: bool = False  # record runs in the local spool only; replay them with `python -m nnlab.sync`
+    spool_dir: Optional[str] = None  # null -> ./nnlab-spool in the directory the command runs from
+    connect_timeout: float = 5.0  # seconds one request to a tracking server may take
+    retries: int = 2  # retries of one request (with backoff) before the store counts as failing
+    retry_seconds: float = 30.0  # a closing run retries a failing store this long, then goes to the spool
     sweep_report: bool = True  # a sweep's report (nnlab.report) attached to its parent run
 
 
@@ -221,6 +226,9 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "blas_threads": _OPTIONAL_POSITIVE_INT,
     "tracking.experiment": _NON_EMPTY,
     "tracking.flush_seconds": _NON_NEGATIVE,
+    "tracking.connect_timeout": _POSITIVE,
+    "tracking.retries": ((lambda v: _is_int(v) and 0 <= v <= 10), "must be an integer in 0..10 (MLflow's limit)"),
+    "tracking.retry_seconds": _NON_NEGATIVE,
     "init.std": _POSITIVE,
     "init.gain": _POSITIVE,
     "init.sigma_w": _POSITIVE,

@@ -6,7 +6,8 @@
 
 ``train(cfg)`` is a plain function (tests call it without the CLI); ``main`` is the thin Hydra
 wrapper that turns failures into one line and an exit status. Exit status: 0 all good; 1 a run
-failed (diverged or raised) — in a sweep, after every job ran; 2 a refused config (no run created).
+failed (diverged or raised, or could not be recorded and went to the spool) — in a sweep, after every
+job ran; 2 a refused config or an unusable store (no run created).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from nnlab import config as C
 from nnlab._cli import exit_without_final_collection, freeze_startup_heap
 from nnlab import signals
 from nnlab.sweep import FINGERPRINT_TAG, abort_active, job_context
-from nnlab.tracking import RunLogger, Tracker, ui_hint
+from nnlab.tracking import RunLogger, RunSpooled, StoreUnavailable, Tracker
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # absolute: works from any cwd and any import path
 
@@ -212,14 +213,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise signals.Interrupted(signal.SIGTERM)  # the sweep is stopping: a job not yet started does not start
     data = load_data(cfg)
     model, optimizer, train_config = build(cfg, data)
-    tracker = Tracker(cfg.tracking.uri, base=context.get("cwd"))
-    experiment_id = tracker.experiment_id(cfg.tracking.experiment)
+    tracker = Tracker.from_config(cfg.tracking, base=context.get("cwd"))
     name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
-    parent_id = context.get("parent_id")
-    if parent_id is None and context.get("sweep_id"):  # a worker spawned before the parent run existed
-        parent_id = tracker.sweep_parent(experiment_id, context["sweep_id"])
-    with tracker.start_run(experiment_id, name, _run_tags(cfg, context), parent_id,
-                           cfg.tracking.flush_seconds) as run:
+    # a worker spawned before the parent run existed finds it by the sweep_id tag; a job of a sweep
+    # (whose store answered at its start) goes on if the store fails now, and spools its run
+    with tracker.open_run(cfg.tracking.experiment, name, _run_tags(cfg, context), context.get("parent_id"),
+                          cfg.tracking.flush_seconds, spool_if_unreachable=bool(context.get("multirun"))) as run:
         run.log_params({**C.group_choices(cfg, context.get("choices")), **C.flat_params(cfg)})
         limit = _blas_limit(cfg, context)
         run.set_tags({"nnlab.blas_threads": str(limit) if limit is not None else f"default ({_blas_default()})"})
@@ -238,8 +237,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         run.log_metrics(final, step=history.epochs_run)
         _log_artifacts(run, cfg, model, context)
     print(summary_line(context, name, final, history.best_val_acc), flush=True)
+    if run.spooled is not None and not tracker.offline:
+        raise RunSpooled(name, run.spooled, tracker.spool_dir, tracker.uri)
     if not context.get("multirun"):
-        print(ui_hint(tracker.uri, experiment_id), file=sys.stderr, flush=True)
+        print(tracker.where(run.experiment_id), file=sys.stderr, flush=True)
     return final
 
 
@@ -247,7 +248,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 def _one_line(err: BaseException, cfg: DictConfig, context: dict) -> str:
     from nnlab.core import DivergenceError
 
-    if isinstance(err, C.ConfigError):
+    if isinstance(err, (C.ConfigError, StoreUnavailable)):
         return f"nnlab: {err} -- no run was created"
     first = (str(err).splitlines() or [""])[0]
     kind = "diverged" if isinstance(err, DivergenceError) else type(err).__name__
@@ -266,12 +267,14 @@ def main(cfg: DictConfig) -> float | None:
         with signals.raising():  # SIGTERM unwinds like Ctrl-C: the run is closed KILLED
             return train(cfg)["test_acc"]
     except Exception as err:  # the run (if any) is already closed as FAILED
-        progress = sweep_progress(context, ok=False)
-        print((f"{progress.counter()} " if progress else "") + _one_line(err, cfg, context), file=sys.stderr,
-              flush=True)
+        if not isinstance(err, RunSpooled):  # a spooled run has said where it is, in one line
+            progress = sweep_progress(context, ok=False)
+            print((f"{progress.counter()} " if progress else "") + _one_line(err, cfg, context), file=sys.stderr,
+                  flush=True)
         if context.get("multirun"):
             return None  # the sweep goes on; SweepCallback counts failures and exits 1 at the end
-        sys.exit(2 if isinstance(err, C.ConfigError) or getattr(err, "nnlab_run_id", None) is None else 1)
+        refused = isinstance(err, (C.ConfigError, StoreUnavailable)) or getattr(err, "nnlab_run_id", None) is None
+        sys.exit(2 if refused and not isinstance(err, RunSpooled) else 1)
 
 
 def _hydra_error_line(err: BaseException) -> str:

@@ -33,7 +33,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnlab import signals
 from nnlab.sweep_view import parent_run_name
-from nnlab.tracking import FAILURE_TAG, HOST_TAG, PID_TAG, ROLE_TAG, RunLogger, Tracker, resolve_uri, ui_hint
+from nnlab.tracking import (FAILURE_TAG, HOST_TAG, PID_TAG, ROLE_TAG, RunLogger, StoreUnavailable, Tracker, redact,
+                            resolve_uri)
 
 ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE = "NNLAB_PARENT_RUN_ID", "NNLAB_SWEEP_ID", "NNLAB_SWEEP_SIZE"
 ENV_SWEEP_KEYS = "NNLAB_SWEEP_KEYS"  # the keys the sweep varies (they go into the run names)
@@ -174,20 +175,28 @@ class SweepCallback(Callback):
     def _open_experiment(self, config: DictConfig) -> None:
         """Create the store and the experiment here, before any worker exists (or exit with one line)."""
         try:
-            self.tracker = Tracker(config.tracking.uri)
+            self.tracker = Tracker.from_config(config.tracking)
             self.experiment_id = self.tracker.experiment_id(config.tracking.experiment)
+        except StoreUnavailable as err:
+            _refuse(str(err))
         except Exception as err:
-            _refuse(f"cannot use the MLflow store {resolve_uri(config.tracking.uri)}: "
+            _refuse(f"cannot use the MLflow store {redact(resolve_uri(config.tracking.uri))}: "
                     f"{type(err).__name__}: {_first_line(err)}")
 
     def _plan_jobs(self, config: DictConfig, sweep_id: str) -> tuple[str | None, str]:
         """Which jobs run: all, or with ``resume=true`` those without a FINISHED run. Returns the
         parent to rejoin (or None) and the sweep id the jobs carry."""
         plan = self.plan
+        SKIPPED.clear()
+        self.to_run = len(plan.jobs)
+        if self.tracker.offline:  # nothing to compare with: the store is out of reach by design
+            if config.get("resume"):
+                print("nnlab: resume=true needs the store; with tracking.offline=true every job runs "
+                      "(sync earlier spools first to let a later resume skip them)", file=sys.stderr, flush=True)
+            return None, sweep_id
         done = finished_fingerprints(self.tracker, self.experiment_id)
         finished = [i for i, fp in enumerate(plan.fingerprints) if fp in done]
         parent_id = None
-        SKIPPED.clear()
         if config.get("resume"):
             previous = self.tracker.search(self.experiment_id, f"tags.`{SWEEP_KEY_TAG}` = '{plan.key}'", max_results=1)
             if previous:
@@ -259,7 +268,7 @@ class SweepCallback(Callback):
                 os.environ.pop(key, None)
             reason = signals.signal_of(aborted) if aborted is not None else None
             children = self._children()
-            for run in children:
+            for run in children if not self.tracker.offline else ():
                 if run.info.status == "RUNNING":  # its worker was killed before it could close it
                     why = signals.Interrupted(reason).name if reason else "interrupted"
                     self.tracker.mark_ended(run.info.run_id, "KILLED" if reason else "FAILED", why)
@@ -271,7 +280,7 @@ class SweepCallback(Callback):
             self._log_summary(summary)
             if self.sweep_dir is not None:
                 self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
-                if self._report and aborted is None and summary.finished_runs:
+                if self._report and aborted is None and summary.finished_runs and not self.tracker.offline:
                     self._attach_report()
             error = aborted if aborted is not None else (
                 JobsFailed(f"{summary.failed} of {summary.total} jobs failed") if summary.failed else None)
@@ -280,7 +289,7 @@ class SweepCallback(Callback):
                   file=sys.stderr)
             if aborted is not None and self.plan is not None and summary.not_run + summary.failed:
                 print(f"  resume with:  {resume_command()}", file=sys.stderr)
-            print(ui_hint(self.tracker.uri, self.experiment_id), file=sys.stderr, flush=True)
+            print(self.tracker.where(self.experiment_id), file=sys.stderr, flush=True)
             if self._stop_file is not None:
                 with contextlib.suppress(OSError):
                     self._stop_file.unlink()

@@ -64,6 +64,8 @@ def test_core_arguments_build_a_model(hydra_conf):
     ("trainer.weight_decay=-0.1", "trainer.weight_decay"), ("trainer.patience=0", "trainer.patience"),
     ("trainer.schedule=linear", "trainer.schedule"), ("seed=-1", "seed"), ("init.distribution=laplace", "init.distribution"),
     ("dataset.test_size=1.5", "dataset.test_size"), ("tracking.experiment=", "tracking.experiment"),
+    ("tracking.retries=11", "tracking.retries"), ("tracking.connect_timeout=0", "tracking.connect_timeout"),
+    ("tracking.retry_seconds=-1", "tracking.retry_seconds"),
 ])
 def test_impossible_values_are_refused_in_one_line_naming_key_and_value(hydra_conf, override, key):
     cfg = hydra_conf(override)
