@@ -16,6 +16,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -28,6 +29,10 @@ from nnlab._cli import exit_without_final_collection, freeze_startup_heap
 from nnlab.tracking import RunLogger, Tracker, job_context, ui_hint
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # absolute: works from any cwd and any import path
+# conf/hydra/launcher/{submitit_local,ray}.yaml take their plugin's name on purpose (the plugin's schema
+# then checks their keys); Hydra 1.3 still does that check but warns about the name match every time
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema",
+                        category=UserWarning)
 
 
 # --- build (everything that can refuse the config happens before the MLflow run exists) ----------
