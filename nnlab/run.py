@@ -221,6 +221,14 @@ def main(cfg: DictConfig) -> float | None:
         if context.get("multirun"):
             return None  # the sweep goes on; SweepCallback counts failures and exits 1 at the end
         sys.exit(2 if isinstance(err, C.ConfigError) else 1)
+    except KeyboardInterrupt as err:
+        if "submitit" not in context.get("launcher", ""):
+            raise
+        # a Slurm job cancelled (scancel) or preempted: its run is FAILED already. Return, so that
+        # submitit writes the job's result and the launching process sees it end: without Slurm
+        # accounting (sacct) nothing else would tell it, and it would wait for ever
+        print(_one_line(err, cfg, context), file=sys.stderr, flush=True)
+        return None
 
 
 def cli() -> None:
