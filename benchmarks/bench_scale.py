@@ -193,17 +193,24 @@ def measure(backend: str, args: argparse.Namespace, folder: Path) -> dict:
         "server_cpu_per_job": server_cpu / args.jobs, "job_seconds": job_seconds,
         "runs_lost": args.jobs - sum(1 for c in children if c.info.status == "FINISHED"),
         "points_sent": sent, "points_lost": sent - stored,
-        "endpoints": _top_endpoints(requests, args.jobs),
+        "endpoints": _by_endpoint(requests, args.jobs),
+        "not_200": _by_endpoint(requests, 1, lambda status: status != "200"),
     }
 
 
-def _top_endpoints(requests: list, jobs: int) -> str:
+def _endpoint(method: str, endpoint: str) -> str:
+    if "/mlflow-artifacts/artifacts/" in endpoint:  # one path per file: group them
+        return f"{method} mlflow-artifacts"
+    return f"{method} {endpoint.split('/mlflow/', 1)[-1]}"
+
+
+def _by_endpoint(requests: list, jobs: int, which=lambda status: True) -> str:
     counts: dict[str, int] = {}
-    for method, endpoint, *_ in requests:
-        name = f"{method} {endpoint.replace('/api/2.0/mlflow/', '').replace('/ajax-api/2.0/mlflow/', '')}"
-        counts[name] = counts.get(name, 0) + 1
-    top = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
-    return ", ".join(f"{name} {n / jobs:.1f}" for name, n in top)
+    for method, endpoint, status, *_ in requests:
+        if which(status):
+            name = _endpoint(method, endpoint) + ("" if status == "200" else f" -> {status}")
+            counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{name} {n / jobs:.2f}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -235,7 +242,8 @@ def main() -> None:
               f"{r['points_lost']} (of {r['points_sent']}) |")
     print()
     for r in results:
-        print(f"- {r['backend']}: requests per job by endpoint: {r['endpoints']}; non-200 answers: {r['errors']}")
+        print(f"- {r['backend']}: requests per job by endpoint: {r['endpoints']}")
+        print(f"  answers other than 200: {r['errors']} ({r['not_200'] or 'none'})")
         print(f"  one worker finishes a job every {r['job_seconds']:.2f} s; the server spends "
               f"{r['server_cpu_per_job']:.3f} CPU s per job -> one server core keeps up with "
               f"~{r['job_seconds'] / r['server_cpu_per_job']:.0f} workers running jobs like these")

@@ -188,7 +188,6 @@ def local_postgres(data: Path, port: int | None = None, max_connections: int = 1
 def _create_database(pg: Postgres) -> None:
     import psycopg
 
-    os.environ.setdefault("PGPASSFILE", str(pg.passfile))
     with psycopg.connect(host="127.0.0.1", port=pg.port, user=PG_USER, dbname="postgres",
                          passfile=str(pg.passfile), autocommit=True) as conn:
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (PG_DATABASE,)).fetchone() is None:
