@@ -235,7 +235,7 @@ def _wait_until(predicate, what: str, process: subprocess.Popen, timeout: float 
 
 def test_scancel_a_slurm_job_mid_run_then_resume(tracking_server, slurm, tmp_path):
     """Job 3 of 4 trains long; it is cancelled with scancel while the others are FINISHED. Its run
-    ends FAILED (never RUNNING), and ``resume=true`` re-runs that job alone: one FINISHED run per
+    is closed (never left RUNNING), and ``resume=true`` re-runs that job alone: one FINISHED run per
     configuration, nothing lost, nothing duplicated."""
     url, _ = tracking_server
     experiment = f"scancel-{uuid.uuid4().hex[:6]}"
@@ -271,8 +271,10 @@ def test_scancel_a_slurm_job_mid_run_then_resume(tracking_server, slurm, tmp_pat
             process.wait()
     assert process.returncode != 0  # the launcher reports the cancelled job
     runs = children()
-    assert sorted(r.info.status for r in runs) == ["FAILED", "FINISHED", "FINISHED", "FINISHED"], stderr[-2000:]
-    killed = next(r for r in runs if r.info.status == "FAILED")
+    statuses = sorted(r.info.status for r in runs)
+    # closed, never left RUNNING: FAILED here, KILLED with the signal handling of the reliable-sweeps issue
+    assert statuses[:3] == ["FINISHED"] * 3 and statuses[3] in ("FAILED", "KILLED"), (statuses, stderr[-2000:])
+    (killed,) = [r for r in runs if r.info.status != "FINISHED"]
     assert killed.data.params["trainer.epochs"] == "4000"
     assert "RUNNING" not in {r.info.status for r in experiment_runs(url, experiment)}  # parent closed too
 
