@@ -271,9 +271,10 @@ def test_scancel_a_slurm_job_mid_run_then_resume(tracking_server, slurm, tmp_pat
             process.wait()
     assert process.returncode != 0  # the launcher reports the cancelled job
     runs = children()
-    statuses = sorted(r.info.status for r in runs)
+    statuses = [r.info.status for r in runs]
     # closed, never left RUNNING: FAILED here, KILLED with the signal handling of the reliable-sweeps issue
-    assert statuses[:3] == ["FINISHED"] * 3 and statuses[3] in ("FAILED", "KILLED"), (statuses, stderr[-2000:])
+    closed = [s for s in statuses if s != "FINISHED"]
+    assert statuses.count("FINISHED") == 3 and closed in (["FAILED"], ["KILLED"]), (statuses, stderr[-2000:])
     (killed,) = [r for r in runs if r.info.status != "FINISHED"]
     assert killed.data.params["trainer.epochs"] == "4000"
     assert "RUNNING" not in {r.info.status for r in experiment_runs(url, experiment)}  # parent closed too
