@@ -18,6 +18,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -32,6 +33,10 @@ from nnlab.sweep import FINGERPRINT_TAG, abort_active, job_context
 from nnlab.tracking import RunLogger, RunSpooled, StoreUnavailable, Tracker
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # absolute: works from any cwd and any import path
+# conf/hydra/launcher/{submitit_local,ray}.yaml take their plugin's name on purpose (the plugin's schema
+# then checks their keys); Hydra 1.3 still does that check but warns about the name match every time
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema",
+                        category=UserWarning)
 
 
 # --- build (everything that can refuse the config happens before the MLflow run exists) ----------
@@ -275,6 +280,14 @@ def main(cfg: DictConfig) -> float | None:
             return None  # the sweep goes on; SweepCallback counts failures and exits 1 at the end
         refused = isinstance(err, (C.ConfigError, StoreUnavailable)) or getattr(err, "nnlab_run_id", None) is None
         sys.exit(2 if refused and not isinstance(err, RunSpooled) else 1)
+    except KeyboardInterrupt as err:
+        if "submitit" not in context.get("launcher", ""):
+            raise
+        # a Slurm job cancelled (scancel) or preempted: its run is KILLED already. Return, so that
+        # submitit writes the job's result and the launching process sees it end: without Slurm
+        # accounting (sacct) nothing else would tell it, and it would wait for ever
+        print(_one_line(err, cfg, context), file=sys.stderr, flush=True)
+        return None
 
 
 def _hydra_error_line(err: BaseException) -> str:
