@@ -75,7 +75,7 @@ def test_offline_sweep_parent_and_children_live_in_the_spool(tmp_path):
     assert [o.action for o in sync(tmp_path / "spool", store)] == ["unchanged", "unchanged"]
     client = MlflowClient(store)
     runs = client.search_runs([client.get_experiment_by_name("study").experiment_id])
-    (synced_parent,) = [r for r in runs if r.info.run_name == "sweep-S1"]
+    (synced_parent,) = [r for r in runs if r.info.run_name == "a sweep"]
     (synced_child,) = [r for r in runs if r.info.run_name == "job0"]
     assert synced_child.data.tags["mlflow.parentRunId"] == synced_parent.info.run_id
     assert synced_child.data.params == {"seed": "0"}
