@@ -97,6 +97,7 @@ class SweepCallback(Callback):
         self._exit = contextlib.ExitStack()
         self._joblib = False
         self._stop_file: Path | None = None
+        self.worker_events: list[str] = []  # dead joblib workers and what was done about them
 
     def __getstate__(self) -> dict:
         # Hydra hands its callbacks to every job (pickled into joblib workers, Slurm jobs): they run
@@ -204,6 +205,61 @@ class SweepCallback(Callback):
 
             signal_workers(signum, grace=WORKER_GRACE_SECONDS, settled=self._no_child_running)
 
+    # --- a dead joblib worker (hydra_plugins.nnlab_launcher) -----------------------------------
+    def worker_lost(self, victims: dict[int, tuple[list[str], int, str]], others: dict[int, list[str]],
+                    dead: dict[int, str]) -> list[int]:
+        """Record a broken worker pool: each victim job (number -> (overrides, worker pid, exit
+        reason)) FAILED ``worker_died``; every other RUNNING child (its worker killed by the pool)
+        KILLED ``requeued``. Returns the jobs among ``others`` that already have a FINISHED run."""
+        from nnlab.tracking import RunLogger
+
+        plan = self.plan
+        index = {tuple(job): i for i, job in enumerate(plan.jobs)} if plan is not None else {}
+        fp_of = lambda overrides: plan.fingerprints[index[tuple(overrides)]] if tuple(overrides) in index else None
+        children = self._children()
+        finished = {r.data.tags.get(FINGERPRINT_TAG) for r in children if r.info.status == "FINISHED"}
+        running = [r for r in children if r.info.status == "RUNNING"]
+        blamed = set()
+        for idx, (overrides, pid, why) in victims.items():
+            fp = fp_of(overrides)
+            if fp is not None and fp in finished:
+                continue  # it had finished; its worker died before saying so
+            mine = [r.info.run_id for r in running if r.data.tags.get(PID_TAG) == str(pid)
+                    and (fp is None or r.data.tags.get(FINGERPRINT_TAG) == fp)]
+            run_id = mine[0] if mine else self._unstarted_run(overrides, fp)
+            blamed.add(run_id)
+            logger = RunLogger(self.tracker.client, run_id)
+            logger.set_tags({"nnlab.worker_exit": why, "nnlab.worker_pid": pid,
+                             "nnlab.failure_message": f"its joblib worker (pid {pid}) died: {why}"})
+            logger.flush()
+            self.tracker.mark_ended(run_id, "FAILED", "worker_died")
+        requeued = [r for r in running if r.info.run_id not in blamed]
+        for run in requeued:
+            logger = RunLogger(self.tracker.client, run.info.run_id)
+            logger.set_tags({"nnlab.failure_message": "its worker was killed when another worker died; "
+                                                      "the job was run again"})
+            logger.flush()
+            self.tracker.mark_ended(run.info.run_id, "KILLED", "requeued")
+        done = [i for i, overrides in others.items() if fp_of(overrides) in finished]
+        workers = ", ".join(f"pid {pid} ({why})" for pid, why in sorted(dead.items())) or "unknown"
+        event = (f"joblib worker(s) died: {workers}; {len(blamed)} job(s) FAILED worker_died, "
+                 f"{len(others) - len(done)} unfinished job(s) relaunched in a new pool "
+                 f"({len(requeued)} interrupted run(s) closed KILLED requeued)")
+        self.worker_events.append(event)
+        print(f"nnlab: {event}", file=sys.stderr, flush=True)
+        return done
+
+    def _unstarted_run(self, overrides: list[str], fp: str | None) -> str:
+        """A run for a job whose worker died before the job created one (so the failure is on record)."""
+        from nnlab.config import run_name
+
+        cfg = self.plan.configs[[tuple(j) for j in self.plan.jobs].index(tuple(overrides))] if fp else None
+        name = run_name(cfg, overrides, self.plan.axes) if cfg is not None else " ".join(overrides)
+        tags = {"overrides": " ".join(overrides), "sweep_id": os.environ.get(ENV_SWEEP_ID, "")}
+        if fp is not None:
+            tags[FINGERPRINT_TAG] = fp
+        return self.tracker.start_run(self.experiment_id, name, tags, self.parent.run_id).run_id
+
     def _no_child_running(self) -> bool:
         try:
             return not any(r.info.status == "RUNNING" for r in self._children())
@@ -242,7 +298,8 @@ class SweepCallback(Callback):
             summary = summarize(children, self.plan.fingerprints if self.plan else None, aborted is not None,
                                 self.done_before)
             self.parent.set_tags({"nnlab.jobs_finished": summary.finished, "nnlab.jobs_failed": summary.failed,
-                                  "nnlab.jobs_not_run": summary.not_run if aborted else 0})
+                                  "nnlab.jobs_not_run": summary.not_run if aborted else 0,
+                                  "nnlab.worker_pool_restarts": len(self.worker_events)})
             if self.sweep_dir is not None:
                 self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
             error = aborted if aborted is not None else (
@@ -250,6 +307,8 @@ class SweepCallback(Callback):
             self.parent.close(error)
             print(summary.text(self.parent.run_id, aborted, self.skipped, time.monotonic() - self.started),
                   file=sys.stderr)
+            for event in self.worker_events:
+                print(f"  {event}", file=sys.stderr)
             if aborted is not None and self.plan is not None and summary.not_run + summary.failed:
                 print(f"  resume with:  {resume_command()}", file=sys.stderr)
             print(ui_hint(self.tracker.uri, self.experiment_id), file=sys.stderr, flush=True)
@@ -269,6 +328,22 @@ def abort_active(error: BaseException | None) -> bool:
         return False
     _ACTIVE.abort(error)
     return True
+
+
+def stopping() -> bool:
+    """Whether this process's sweep is being stopped by a signal (no new job may start)."""
+    path = os.environ.get(ENV_STOP_FILE)
+    return bool(path) and Path(path).exists()
+
+
+def worker_lost(victims: dict[int, tuple[list[str], int, str]], others: dict[int, list[str]],
+                dead: dict[int, str]) -> list[int]:
+    """A parallel launcher lost worker processes: record it in the active sweep (see
+    ``SweepCallback.worker_lost``); returns the jobs among ``others`` not to run again."""
+    if _ACTIVE is None or _ACTIVE.parent is None:
+        print(f"nnlab: joblib worker(s) died: {dead}; relaunching the unfinished jobs", file=sys.stderr, flush=True)
+        return []
+    return _ACTIVE.worker_lost(victims, others, dead)
 
 
 def resume_command() -> str:
@@ -360,6 +435,8 @@ class Summary:
             why = tags.get(FAILURE_TAG, "interrupted")
             if why == "diverged":
                 why += f" at epoch {tags.get('nnlab.failure_epoch', '?')}"
+            elif why == "worker_died":
+                why += f" (worker pid {tags.get('nnlab.worker_pid', '?')}: {tags.get('nnlab.worker_exit', '?')})"
             lines.append(f"  {run.info.status} {run.info.run_name}: {why}")
         unknown = sum(r is None for r in self.failed_runs)
         if unknown:

@@ -34,6 +34,7 @@ PRELOAD = [
     "sklearn.preprocessing",
     "threadpoolctl",
     "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.nnlab_launcher.joblib_launcher",  # nnlab's launcher (hydra/launcher=joblib)
     "hydra_plugins.nnlab_sweeper.sweeper",  # Hydra's plugin registry, restored in each worker
     "hydra._internal.core_plugins.bash_completion",
     "hydra._internal.core_plugins.fish_completion",
