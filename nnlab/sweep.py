@@ -97,6 +97,7 @@ class SweepCallback(Callback):
         self._exit = contextlib.ExitStack()
         self._joblib = False
         self._stop_file: Path | None = None
+        self._warming = None  # the thread starting joblib workers ahead of the launcher
         self.worker_events: list[str] = []  # dead joblib workers and what was done about them
 
     def __getstate__(self) -> dict:
@@ -109,14 +110,30 @@ class SweepCallback(Callback):
 
     # --- start ------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        # Hydra turns a callback's exceptions into warnings and carries on: every refusal exits here
+        # Hydra turns a callback's exceptions into warnings and carries on: every refusal exits here.
+        # A signal during the set-up waits for its end (a few store writes), then stops the sweep
+        # cleanly: cut in half, the set-up would leave the parent run RUNNING or workers behind.
         global _ACTIVE
+        with signals.held() as pending:
+            if not self._start(config):
+                signals.deliver(pending)  # no sweep of nnlab's: stop as any command does
+                return
+            _ACTIVE = self
+        self._exit.enter_context(signals.raising(before=self._stopping))
+        atexit.register(self.abort, None)
+        signals.deliver(pending)
+        if self._warming is not None:
+            self._warming.finished.wait()  # interruptible: a signal now stops the sweep, and close() ends the warm-up
+
+    def _start(self, config: DictConfig) -> bool:
+        """Check the jobs and the data, open the store and the parent run; False if Hydra's sweeper
+        is left to report a bad override."""
         from hydra.errors import HydraException
 
         try:
             self.plan = _checked_plan(config)
         except HydraException:
-            return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
+            return False  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
         from nnlab.workers import prestart, uses_joblib
 
         self._joblib = uses_joblib(config)
@@ -132,26 +149,20 @@ class SweepCallback(Callback):
         # set before any worker starts: workers inherit the environment they were spawned with
         os.environ.update({ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes), ENV_SWEEP_SIZE: size,
                            ENV_STOP_FILE: str(self._stop_file)})
-        warming = prestart(config)  # joblib workers start and import while the parent run opens
-        try:
-            tags = {"sweep_id": sweep_id, ROLE_TAG: "sweep", "overrides": " ".join(config.hydra.overrides.task),
+        self._warming = prestart(config)  # joblib workers start and import while the parent run opens
+        tags = {"sweep_id": sweep_id, ROLE_TAG: "sweep", "overrides": " ".join(config.hydra.overrides.task),
                     "nnlab.sweep_axes": " ".join(axes), "nnlab.sweep_dir": str(self.sweep_dir),
                     "nnlab.jobs": str(len(self.plan.jobs)) if self.plan is not None else "?"}
-            if self.plan is not None:
-                tags[SWEEP_KEY_TAG] = self.plan.key
-            if parent_id is not None:
-                self.parent = self.tracker.reopen(parent_id)
-                self.parent.set_tags({k: v for k, v in tags.items() if k != "sweep_id"})
-            else:
-                self.parent = self.tracker.start_run(self.experiment_id, sweep_run_name(sweep_id), tags)
-            self.parent.flush()
-        finally:
-            if warming is not None:
-                warming.join()
+        if self.plan is not None:
+            tags[SWEEP_KEY_TAG] = self.plan.key
+        if parent_id is not None:
+            self.parent = self.tracker.reopen(parent_id)
+            self.parent.set_tags({k: v for k, v in tags.items() if k != "sweep_id"})
+        else:
+            self.parent = self.tracker.start_run(self.experiment_id, sweep_run_name(sweep_id), tags)
+        self.parent.flush()
         os.environ[ENV_PARENT] = self.parent.run_id  # in-process jobs; prestarted workers look it up
-        _ACTIVE = self
-        self._exit.enter_context(signals.raising(before=self._stopping))
-        atexit.register(self.abort, None)
+        return True
 
     def _open_experiment(self, config: DictConfig) -> None:
         """Create the store and the experiment here, before any worker exists (or exit with one line)."""
@@ -277,44 +288,55 @@ class SweepCallback(Callback):
         return self.close(aborted=error if error is not None else SweepAborted("the sweep stopped before all jobs ran"))
 
     def close(self, aborted: BaseException | None = None) -> int:
-        """Close the parent once; print the sweep's summary and the UI hint. Returns #jobs not finished."""
-        global _ACTIVE
+        """Close the parent once; print the sweep's summary and the UI hint. Returns #jobs not finished.
+
+        Signals wait until the parent is closed; one that came during a normal end is then acted
+        on (the command exits 128 + signal), one that came while the sweep was already being
+        stopped is not (it asked for what is being done)."""
         if self.parent is None or self.parent.status != "RUNNING":
             return 0
-        with self._exit:  # signal handlers back to what they were, whatever happens below
-            if self._joblib:
-                from nnlab.workers import stop
+        with self._exit:  # signal handlers back to what they were once closed, whatever happens below
+            with signals.held() as pending:
+                unfinished = self._close(aborted)
+        if aborted is None:
+            signals.deliver(pending)
+        return unfinished
 
-                stop()  # every job has returned (or the sweep is aborting): release the worker processes
-            for key in _ENV:
-                os.environ.pop(key, None)
-            reason = signals.signal_of(aborted) if aborted is not None else None
-            children = self._children()
-            for run in children:
-                if run.info.status == "RUNNING":  # its worker was killed before it could close it
-                    why = signals.Interrupted(reason).name if reason else "interrupted"
-                    self.tracker.mark_ended(run.info.run_id, "KILLED" if reason else "FAILED", why)
-                    run.info._status = "KILLED" if reason else "FAILED"
-            summary = summarize(children, self.plan.fingerprints if self.plan else None, aborted is not None,
-                                self.done_before)
-            self.parent.set_tags({"nnlab.jobs_finished": summary.finished, "nnlab.jobs_failed": summary.failed,
-                                  "nnlab.jobs_not_run": summary.not_run if aborted else 0,
-                                  "nnlab.worker_pool_restarts": len(self.worker_events)})
-            if self.sweep_dir is not None:
-                self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
-            error = aborted if aborted is not None else (
-                JobsFailed(f"{summary.failed} of {summary.total} jobs failed") if summary.failed else None)
-            self.parent.close(error)
-            print(summary.text(self.parent.run_id, aborted, self.skipped, time.monotonic() - self.started),
-                  file=sys.stderr)
-            for event in self.worker_events:
-                print(f"  {event}", file=sys.stderr)
-            if aborted is not None and self.plan is not None and summary.not_run + summary.failed:
-                print(f"  resume with:  {resume_command()}", file=sys.stderr)
-            print(ui_hint(self.tracker.uri, self.experiment_id), file=sys.stderr, flush=True)
-            if self._stop_file is not None:
-                with contextlib.suppress(OSError):
-                    self._stop_file.unlink()
+    def _close(self, aborted: BaseException | None) -> int:
+        global _ACTIVE
+        if self._joblib:
+            from nnlab.workers import stop
+
+            stop(self._warming)  # every job has returned (or the sweep is aborting): release the workers
+        for key in _ENV:
+            os.environ.pop(key, None)
+        reason = signals.signal_of(aborted) if aborted is not None else None
+        children = self._children()
+        for run in children:
+            if run.info.status == "RUNNING":  # its worker was killed before it could close it
+                why = signals.Interrupted(reason).name if reason else "interrupted"
+                self.tracker.mark_ended(run.info.run_id, "KILLED" if reason else "FAILED", why)
+                run.info._status = "KILLED" if reason else "FAILED"
+        summary = summarize(children, self.plan.fingerprints if self.plan else None, aborted is not None,
+                            self.done_before)
+        self.parent.set_tags({"nnlab.jobs_finished": summary.finished, "nnlab.jobs_failed": summary.failed,
+                              "nnlab.jobs_not_run": summary.not_run if aborted else 0,
+                              "nnlab.worker_pool_restarts": len(self.worker_events)})
+        if self.sweep_dir is not None:
+            self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
+        error = aborted if aborted is not None else (
+            JobsFailed(f"{summary.failed} of {summary.total} jobs failed") if summary.failed else None)
+        self.parent.close(error)
+        print(summary.text(self.parent.run_id, aborted, self.skipped, time.monotonic() - self.started),
+              file=sys.stderr)
+        for event in self.worker_events:
+            print(f"  {event}", file=sys.stderr)
+        if aborted is not None and self.plan is not None and summary.not_run + summary.failed:
+            print(f"  resume with:  {resume_command()}", file=sys.stderr)
+        print(ui_hint(self.tracker.uri, self.experiment_id), file=sys.stderr, flush=True)
+        if self._stop_file is not None:
+            with contextlib.suppress(OSError):
+                self._stop_file.unlink()
         _ACTIVE = None
         return summary.failed + (summary.not_run if aborted else 0)
 
