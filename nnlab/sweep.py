@@ -6,8 +6,11 @@ parent of the same grid and skips every job whose config (``nnlab.fingerprint``)
 FINISHED run. From then on SIGINT and SIGTERM stop the sweep cleanly (workers told first, their
 runs closed KILLED, the parent closed, the command exits 128 + signal). ``on_multirun_end`` -- or
 ``abort`` when a signal or an error ends the sweep early -- closes the parent with the sweep's
-summary. Exit status: 0 every job finished, 1 a job failed, 2 refused before any run existed,
-130/143 stopped by SIGINT/SIGTERM.
+summary. A signal during the set-up or the closing is held until that step is done (a few store
+writes), then acts. When a joblib worker dies, nnlab's launcher (hydra_plugins.nnlab_launcher)
+reports it here (``worker_lost``): the victim job FAILED ``worker_died``, the runs cut short with
+it KILLED ``requeued`` (they run again). Exit status: 0 every job finished, 1 a job failed, 2
+refused before any run existed, 130/143 stopped by SIGINT/SIGTERM.
 
 Jobs learn where they belong from the environment (in-process jobs and every launcher's workers
 inherit it): ``NNLAB_SWEEP_ID``, ``NNLAB_SWEEP_SIZE``, ``NNLAB_SWEEP_KEYS``, ``NNLAB_PARENT_RUN_ID``
