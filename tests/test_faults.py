@@ -175,11 +175,16 @@ def test_signal_at_a_random_moment(tmp_path, launcher, sig):
             time.sleep(delay)
             sent = time.monotonic()
             (os.killpg if group else os.kill)(process.pid, signum)
-            _, stderr = process.communicate(timeout=60)  # returns: nothing holds the command's output open
+            where = f"trial {trial}: {sig} to the {'group' if group else 'command'} after {delay:.2f}s"
+            try:
+                _, stderr = process.communicate(timeout=60)  # returns: nothing holds the command's output open
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                _, stderr = process.communicate()
+                pytest.fail(f"{where}: output still open 60 s after the signal (exit {process.returncode})\n{stderr}")
             took = time.monotonic() - sent
         finally:
             finish(process)
-        where = f"trial {trial}: {sig} to the {'group' if group else 'command'} after {delay:.2f}s"
         assert process.returncode == 128 + signum, f"{where}\n{stderr}"
         assert took < EXIT_BOUND_S, f"{where}: exited {took:.1f}s after the signal"
         assert_no_process_left(process.pid)
