@@ -306,6 +306,7 @@ def cli() -> None:
     SIGTERM (143) stopped it.
     """
     exit_without_final_collection()
+    signals.raise_on_sigterm()  # SIGTERM at any moment unwinds like Ctrl-C: exit 143, never a bare -15
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a long traceback: one line here
     try:

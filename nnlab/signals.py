@@ -65,3 +65,42 @@ def raising(before: Callable[[int], None] | None = None) -> Iterator[None]:
     finally:
         for s, h in previous.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def raise_on_sigterm() -> None:
+    """From now on SIGTERM raises :class:`Interrupted` (as SIGINT raises KeyboardInterrupt) instead
+    of ending the process on the spot, so a command stopped at any moment unwinds and exits 143.
+    Main thread only (where a command-line entry point runs)."""
+    def handler(signum: int, frame) -> None:
+        raise Interrupted(signum)
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@contextlib.contextmanager
+def held() -> Iterator[list[int]]:
+    """Inside the block SIGINT and SIGTERM are only recorded (in the yielded list, once each), for a
+    few bounded steps that must not be cut in half: a sweep's set-up, its closing. The previous
+    handlers come back at the end; the caller decides what the recorded signals do (``deliver``).
+    Elsewhere than the main thread: a plain block."""
+    pending: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield pending
+        return
+
+    def handler(signum: int, frame) -> None:
+        if signum not in pending:
+            pending.append(signum)
+
+    previous = {s: signal.signal(s, handler) for s in SIGNALS}
+    try:
+        yield pending
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def deliver(pending: list[int]) -> None:
+    """Act on signals recorded by ``held``, now, with whatever handlers are in place."""
+    for signum in pending:
+        signal.raise_signal(signum)

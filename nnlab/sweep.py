@@ -6,8 +6,11 @@ parent of the same grid and skips every job whose config (``nnlab.fingerprint``)
 FINISHED run. From then on SIGINT and SIGTERM stop the sweep cleanly (workers told first, their
 runs closed KILLED, the parent closed, the command exits 128 + signal). ``on_multirun_end`` -- or
 ``abort`` when a signal or an error ends the sweep early -- closes the parent with the sweep's
-summary. Exit status: 0 every job finished, 1 a job failed, 2 refused before any run existed,
-130/143 stopped by SIGINT/SIGTERM.
+summary. A signal during the set-up or the closing is held until that step is done (a few store
+writes), then acts. When a joblib worker dies, nnlab's launcher (hydra_plugins.nnlab_launcher)
+reports it here (``worker_lost``): the victim job FAILED ``worker_died``, the runs cut short with
+it KILLED ``requeued`` (they run again). Exit status: 0 every job finished, 1 a job failed, 2
+refused before any run existed, 130/143 stopped by SIGINT/SIGTERM.
 
 Jobs learn where they belong from the environment (in-process jobs and every launcher's workers
 inherit it): ``NNLAB_SWEEP_ID``, ``NNLAB_SWEEP_SIZE``, ``NNLAB_SWEEP_KEYS``, ``NNLAB_PARENT_RUN_ID``
@@ -101,6 +104,8 @@ class SweepCallback(Callback):
         self._exit = contextlib.ExitStack()
         self._joblib = False
         self._stop_file: Path | None = None
+        self._warming = None  # the thread starting joblib workers ahead of the launcher
+        self.worker_events: list[str] = []  # dead joblib workers and what was done about them
 
     def __getstate__(self) -> dict:
         # Hydra hands its callbacks to every job (pickled into joblib workers, Slurm jobs): they run
@@ -113,27 +118,46 @@ class SweepCallback(Callback):
     # --- start ------------------------------------------------------------------------------
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # Hydra turns a callback's exceptions into warnings and carries on (a sweep with no parent,
-        # exit 0): every failure here ends the command with one line and a non-zero status
-        try:
-            self._start(config)
-        except (SystemExit, KeyboardInterrupt):
-            raise
-        except Exception as err:
-            if self.parent is None:
-                _refuse(f"the sweep could not start: {type(err).__name__}: {_first_line(err)}")
-            with contextlib.suppress(Exception):
-                self.abort(err)
-            sys.stderr.write(f"nnlab: the sweep could not start: {type(err).__name__}: {_first_line(err)}\n")
-            sys.exit(1)
-
-    def _start(self, config: DictConfig) -> None:
+        # exit 0): every failure here ends the command with one line and a non-zero status.
+        # A signal during the set-up waits for its end (a few store writes), then stops the sweep
+        # cleanly: cut in half, the set-up would leave the parent run RUNNING or workers behind.
         global _ACTIVE
+        with signals.held() as pending:
+            try:
+                started = self._start(config)
+            except (SystemExit, KeyboardInterrupt):
+                raise
+            except Exception as err:
+                self._failed_start(err)
+            if not started:
+                signals.deliver(pending)  # no sweep of nnlab's: stop as any command does
+                return
+            _ACTIVE = self
+        self._exit.enter_context(signals.raising(before=self._stopping))
+        atexit.register(self.abort, None)
+        signals.deliver(pending)
+        if self._warming is not None:
+            self._warming.finished.wait()  # interruptible: a signal now stops the sweep, and close() ends the warm-up
+
+    def _failed_start(self, err: BaseException) -> None:
+        """One line and exit: 2 if no run exists yet, else 1 (the parent is closed first)."""
+        message = f"the sweep could not start: {type(err).__name__}: {_first_line(err)}"
+        if self.parent is None:
+            _refuse(message)
+        with contextlib.suppress(Exception):
+            self.abort(err)
+        sys.stderr.write(f"nnlab: {message}\n")
+        sys.exit(1)
+
+    def _start(self, config: DictConfig) -> bool:
+        """Check the jobs and the data, open the store and the parent run; False if Hydra's sweeper
+        is left to report a bad override."""
         from hydra.errors import HydraException
 
         try:
             self.plan = _checked_plan(config)
         except HydraException:
-            return  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
+            return False  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
         from nnlab.workers import prestart, uses_joblib
 
         self._joblib = uses_joblib(config)
@@ -150,27 +174,21 @@ class SweepCallback(Callback):
         # set before any worker starts: workers inherit the environment they were spawned with
         os.environ.update({ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes), ENV_SWEEP_SIZE: size,
                            ENV_STOP_FILE: str(self._stop_file)})
-        warming = prestart(config)  # joblib workers start and import while the parent run opens
-        try:
-            tags = {"sweep_id": sweep_id, ROLE_TAG: "sweep", "overrides": " ".join(config.hydra.overrides.task),
-                    "nnlab.sweep_axes": " ".join(axes), "nnlab.sweep_dir": str(self.sweep_dir),
-                    "nnlab.jobs": str(len(self.plan.jobs)) if self.plan is not None else "?"}
-            if self.plan is not None:
-                tags[SWEEP_KEY_TAG] = self.plan.key
-            if parent_id is not None:
-                self.parent = self.tracker.reopen(parent_id)
-                self.parent.set_tags({k: v for k, v in tags.items() if k != "sweep_id"})
-            else:
-                name = parent_run_name(config.tracking.experiment, axes, time.time(), sweep_id)
-                self.parent = self.tracker.start_run(self.experiment_id, name, tags)
-            self.parent.flush()
-        finally:
-            if warming is not None:
-                warming.join()
+        self._warming = prestart(config)  # joblib workers start and import while the parent run opens
+        tags = {"sweep_id": sweep_id, ROLE_TAG: "sweep", "overrides": " ".join(config.hydra.overrides.task),
+                "nnlab.sweep_axes": " ".join(axes), "nnlab.sweep_dir": str(self.sweep_dir),
+                "nnlab.jobs": str(len(self.plan.jobs)) if self.plan is not None else "?"}
+        if self.plan is not None:
+            tags[SWEEP_KEY_TAG] = self.plan.key
+        if parent_id is not None:
+            self.parent = self.tracker.reopen(parent_id)
+            self.parent.set_tags({k: v for k, v in tags.items() if k != "sweep_id"})
+        else:
+            name = parent_run_name(config.tracking.experiment, axes, time.time(), sweep_id)
+            self.parent = self.tracker.start_run(self.experiment_id, name, tags)
+        self.parent.flush()
         os.environ[ENV_PARENT] = self.parent.run_id  # in-process jobs; prestarted workers look it up
-        _ACTIVE = self
-        self._exit.enter_context(signals.raising(before=self._stopping))
-        atexit.register(self.abort, None)
+        return True
 
     def _open_experiment(self, config: DictConfig) -> None:
         """Create the store and the experiment here, before any worker exists (or exit with one line)."""
@@ -232,6 +250,61 @@ class SweepCallback(Callback):
 
             signal_workers(signum, grace=WORKER_GRACE_SECONDS, settled=self._no_child_running)
 
+    # --- a dead joblib worker (hydra_plugins.nnlab_launcher) -----------------------------------
+    def worker_lost(self, victims: dict[int, tuple[list[str], int, str]], others: dict[int, list[str]],
+                    dead: dict[int, str]) -> list[int]:
+        """Record a broken worker pool: each victim job (number -> (overrides, worker pid, exit
+        reason)) FAILED ``worker_died``; every other RUNNING child (its worker killed by the pool)
+        KILLED ``requeued``. Returns the jobs among ``others`` that already have a FINISHED run."""
+        from nnlab.tracking import RunLogger
+
+        plan = self.plan
+        index = {tuple(job): i for i, job in enumerate(plan.jobs)} if plan is not None else {}
+        fp_of = lambda overrides: plan.fingerprints[index[tuple(overrides)]] if tuple(overrides) in index else None
+        children = self._children()
+        finished = {r.data.tags.get(FINGERPRINT_TAG) for r in children if r.info.status == "FINISHED"}
+        running = [r for r in children if r.info.status == "RUNNING"]
+        blamed = set()
+        for idx, (overrides, pid, why) in victims.items():
+            fp = fp_of(overrides)
+            if fp is not None and fp in finished:
+                continue  # it had finished; its worker died before saying so
+            mine = [r.info.run_id for r in running if r.data.tags.get(PID_TAG) == str(pid)
+                    and (fp is None or r.data.tags.get(FINGERPRINT_TAG) == fp)]
+            run_id = mine[0] if mine else self._unstarted_run(overrides, fp)
+            blamed.add(run_id)
+            logger = RunLogger(self.tracker.client, run_id)
+            logger.set_tags({"nnlab.worker_exit": why, "nnlab.worker_pid": pid,
+                             "nnlab.failure_message": f"its joblib worker (pid {pid}) died: {why}"})
+            logger.flush()
+            self.tracker.mark_ended(run_id, "FAILED", "worker_died")
+        requeued = [r for r in running if r.info.run_id not in blamed]
+        for run in requeued:
+            logger = RunLogger(self.tracker.client, run.info.run_id)
+            logger.set_tags({"nnlab.failure_message": "its worker was killed when another worker died; "
+                                                      "the job was run again"})
+            logger.flush()
+            self.tracker.mark_ended(run.info.run_id, "KILLED", "requeued")
+        done = [i for i, overrides in others.items() if fp_of(overrides) in finished]
+        workers = ", ".join(f"pid {pid} ({why})" for pid, why in sorted(dead.items())) or "unknown"
+        event = (f"joblib worker(s) died: {workers}; {len(blamed)} job(s) FAILED worker_died, "
+                 f"{len(others) - len(done)} unfinished job(s) relaunched in a new pool "
+                 f"({len(requeued)} interrupted run(s) closed KILLED requeued)")
+        self.worker_events.append(event)
+        print(f"nnlab: {event}", file=sys.stderr, flush=True)
+        return done
+
+    def _unstarted_run(self, overrides: list[str], fp: str | None) -> str:
+        """A run for a job whose worker died before the job created one (so the failure is on record)."""
+        from nnlab.config import run_name
+
+        cfg = self.plan.configs[[tuple(j) for j in self.plan.jobs].index(tuple(overrides))] if fp else None
+        name = run_name(cfg, overrides, self.plan.axes) if cfg is not None else " ".join(overrides)
+        tags = {"overrides": " ".join(overrides), "sweep_id": os.environ.get(ENV_SWEEP_ID, "")}
+        if fp is not None:
+            tags[FINGERPRINT_TAG] = fp
+        return self.tracker.start_run(self.experiment_id, name, tags, self.parent.run_id).run_id
+
     def _no_child_running(self) -> bool:
         try:
             return not any(r.info.status == "RUNNING" for r in self._children())
@@ -255,44 +328,58 @@ class SweepCallback(Callback):
         return self.close(aborted=error if error is not None else SweepAborted("the sweep stopped before all jobs ran"))
 
     def close(self, aborted: BaseException | None = None) -> int:
-        """Close the parent once; print the sweep's summary and the UI hint. Returns #jobs not finished."""
-        global _ACTIVE
+        """Close the parent once; print the sweep's summary and the UI hint. Returns #jobs not finished.
+
+        Signals wait until the parent is closed; one that came during a normal end is then acted
+        on (the command exits 128 + signal), one that came while the sweep was already being
+        stopped is not (it asked for what is being done)."""
         if self.parent is None or self.parent.status != "RUNNING":
             return 0
-        with self._exit:  # signal handlers back to what they were, whatever happens below
-            if self._joblib:
-                from nnlab.workers import stop
+        with self._exit:  # signal handlers back to what they were once closed, whatever happens below
+            with signals.held() as pending:
+                unfinished = self._close(aborted)
+        if aborted is None:
+            signals.deliver(pending)
+        return unfinished
 
-                stop()  # every job has returned (or the sweep is aborting): release the worker processes
-            for key in _ENV:
-                os.environ.pop(key, None)
-            reason = signals.signal_of(aborted) if aborted is not None else None
-            children = self._children()
-            for run in children if not self.tracker.offline else ():
-                if run.info.status == "RUNNING":  # its worker was killed before it could close it
-                    why = signals.Interrupted(reason).name if reason else "interrupted"
-                    self.tracker.mark_ended(run.info.run_id, "KILLED" if reason else "FAILED", why)
-                    run.info._status = "KILLED" if reason else "FAILED"
-            summary = summarize(children, self.plan.fingerprints if self.plan else None, aborted is not None,
-                                self.done_before)
-            self.parent.set_tags({"nnlab.jobs_finished": summary.finished, "nnlab.jobs_failed": summary.failed,
-                                  "nnlab.jobs_not_run": summary.not_run if aborted else 0})
-            self._log_summary(summary)
-            if self.sweep_dir is not None:
-                self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
-                if self._report and aborted is None and summary.finished_runs and not self.tracker.offline:
-                    self._attach_report()
-            error = aborted if aborted is not None else (
-                JobsFailed(f"{summary.failed} of {summary.total} jobs failed") if summary.failed else None)
-            self.parent.close(error)
-            print(summary.text(self.parent.run_id, aborted, self.skipped, time.monotonic() - self.started),
-                  file=sys.stderr)
-            if aborted is not None and self.plan is not None and summary.not_run + summary.failed:
-                print(f"  resume with:  {resume_command()}", file=sys.stderr)
-            print(self.tracker.where(self.experiment_id), file=sys.stderr, flush=True)
-            if self._stop_file is not None:
-                with contextlib.suppress(OSError):
-                    self._stop_file.unlink()
+    def _close(self, aborted: BaseException | None) -> int:
+        global _ACTIVE
+        if self._joblib:
+            from nnlab.workers import stop
+
+            stop(self._warming)  # every job has returned (or the sweep is aborting): release the workers
+        for key in _ENV:
+            os.environ.pop(key, None)
+        reason = signals.signal_of(aborted) if aborted is not None else None
+        children = self._children()
+        for run in children if not self.tracker.offline else ():
+            if run.info.status == "RUNNING":  # its worker was killed before it could close it
+                why = signals.Interrupted(reason).name if reason else "interrupted"
+                self.tracker.mark_ended(run.info.run_id, "KILLED" if reason else "FAILED", why)
+                run.info._status = "KILLED" if reason else "FAILED"
+        summary = summarize(children, self.plan.fingerprints if self.plan else None, aborted is not None,
+                            self.done_before)
+        self.parent.set_tags({"nnlab.jobs_finished": summary.finished, "nnlab.jobs_failed": summary.failed,
+                              "nnlab.jobs_not_run": summary.not_run if aborted else 0,
+                              "nnlab.worker_pool_restarts": len(self.worker_events)})
+        self._log_summary(summary)
+        if self.sweep_dir is not None:
+            self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
+            if self._report and aborted is None and summary.finished_runs and not self.tracker.offline:
+                self._attach_report()
+        error = aborted if aborted is not None else (
+            JobsFailed(f"{summary.failed} of {summary.total} jobs failed") if summary.failed else None)
+        self.parent.close(error)
+        print(summary.text(self.parent.run_id, aborted, self.skipped, time.monotonic() - self.started),
+              file=sys.stderr)
+        for event in self.worker_events:
+            print(f"  {event}", file=sys.stderr)
+        if aborted is not None and self.plan is not None and summary.not_run + summary.failed:
+            print(f"  resume with:  {resume_command()}", file=sys.stderr)
+        print(self.tracker.where(self.experiment_id), file=sys.stderr, flush=True)
+        if self._stop_file is not None:
+            with contextlib.suppress(OSError):
+                self._stop_file.unlink()
         _ACTIVE = None
         return summary.failed + (summary.not_run if aborted else 0)
 
@@ -330,6 +417,22 @@ def abort_active(error: BaseException | None) -> bool:
         return False
     _ACTIVE.abort(error)
     return True
+
+
+def stopping() -> bool:
+    """Whether this process's sweep is being stopped by a signal (no new job may start)."""
+    path = os.environ.get(ENV_STOP_FILE)
+    return bool(path) and Path(path).exists()
+
+
+def worker_lost(victims: dict[int, tuple[list[str], int, str]], others: dict[int, list[str]],
+                dead: dict[int, str]) -> list[int]:
+    """A parallel launcher lost worker processes: record it in the active sweep (see
+    ``SweepCallback.worker_lost``); returns the jobs among ``others`` not to run again."""
+    if _ACTIVE is None or _ACTIVE.parent is None:
+        print(f"nnlab: joblib worker(s) died: {dead}; relaunching the unfinished jobs", file=sys.stderr, flush=True)
+        return []
+    return _ACTIVE.worker_lost(victims, others, dead)
 
 
 def resume_command() -> str:
@@ -425,6 +528,8 @@ class Summary:
             why = tags.get(FAILURE_TAG, "interrupted")
             if why == "diverged":
                 why += f" at epoch {tags.get('nnlab.failure_epoch', '?')}"
+            elif why == "worker_died":
+                why += f" (worker pid {tags.get('nnlab.worker_pid', '?')}: {tags.get('nnlab.worker_exit', '?')})"
             lines.append(f"  {run.info.status} {run.info.run_name}: {why}")
         unknown = sum(r is None for r in self.failed_runs)
         if unknown:

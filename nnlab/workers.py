@@ -34,6 +34,7 @@ PRELOAD = [
     "sklearn.preprocessing",
     "threadpoolctl",
     "hydra_plugins.hydra_joblib_launcher._core",
+    "hydra_plugins.nnlab_launcher.joblib_launcher",  # nnlab's launcher (hydra/launcher=joblib)
     "hydra_plugins.nnlab_sweeper.sweeper",  # Hydra's plugin registry, restored in each worker
     "hydra._internal.core_plugins.bash_completion",
     "hydra._internal.core_plugins.fish_completion",
@@ -86,7 +87,9 @@ def _worker_pid() -> int:
 
 
 def prestart(config: DictConfig) -> threading.Thread | None:
-    """Begin starting the sweep's joblib workers in the background; ``join()`` the thread before launch."""
+    """Begin starting the sweep's joblib workers in the background; wait for the thread's
+    ``finished`` event before launch. (Not ``join()``: a signal that interrupts ``Thread.join``
+    can leave the thread marked stopped while it still runs, CPython < 3.13.)"""
     kwargs = _joblib_kwargs(config)
     if kwargs is None:
         return None
@@ -100,30 +103,42 @@ def prestart(config: DictConfig) -> threading.Thread | None:
             Parallel(**kwargs)(delayed(_worker_pid)() for _ in range(n))
         except Exception:  # only a head start: the launcher starts (or reports) workers itself
             pass
+        finally:
+            thread.finished.set()
 
     thread = threading.Thread(target=spawn, name="nnlab-prestart-workers", daemon=True)
+    thread.finished = threading.Event()
     thread.start()
     return thread
 
 
-def stop() -> None:
+def stop(warming: threading.Thread | None = None) -> None:
     """End of a sweep: let the workers exit, then end the forkserver without its interpreter teardown.
 
     Left to interpreter exit, the server would tear down every module it preloaded (~1 s) while
     holding the sweep's stdout/stderr open, so whoever waits for the command's output (a shell
     pipe, CI, ``subprocess.run``) would wait for it too. It holds no state: SIGTERM is safe, and a
-    later sweep in this process starts a new one.
+    later sweep in this process starts a new one. ``warming``: the ``prestart`` thread; if a signal
+    stops the sweep while it still waits for the server's imports (seconds on a busy machine), the
+    server is ended first, so the thread returns at once instead of finishing the warm-up.
     """
-    import multiprocessing.forkserver
-    import os
-    import signal
-
     from joblib.externals.loky import reusable_executor
 
+    if warming is not None and not warming.finished.is_set():
+        _end_forkserver()
+        warming.finished.wait()
     executor = getattr(reusable_executor, "_executor", None)
     if executor is not None:
         # idle workers exit at once (forked: no teardown either); after an interrupt, busy ones are killed
         executor.shutdown(wait=True, kill_workers=True)
+    _end_forkserver()
+
+
+def _end_forkserver() -> None:
+    import multiprocessing.forkserver
+    import os
+    import signal
+
     pid = getattr(multiprocessing.forkserver._forkserver, "_forkserver_pid", None)
     if pid is not None:
         try:

@@ -1,0 +1,1 @@
+"""nnlab's Hydra launcher plugin (Hydra only instantiates plugins that live under ``hydra_plugins``)."""
