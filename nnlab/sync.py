@@ -91,11 +91,13 @@ def sync_run(tracker: Tracker, run: SpooledRun, synced: dict[str, str]) -> Outco
     else:
         run_id = existing.info.run_id
         have_params, have_tags = existing.data.params, existing.data.tags
-        have_points = {(m.key, m.step, m.timestamp, m.value) for key in {k for k, *_ in run.metrics}
+        # a point is (key, step, timestamp): its value may not compare equal after the round trip
+        # (inf is stored as 1.8e308, NaN never equals itself)
+        have_points = {(m.key, m.step, m.timestamp) for key in {k for k, *_ in run.metrics}
                        for m in client.get_metric_history(run_id, key)}
     params = [Param(k, v) for k, v in run.params.items() if k not in have_params]
     new_tags = [RunTag(k, v) for k, v in tags.items() if have_tags.get(k) != v]
-    points = [Metric(k, v, t, s) for k, v, t, s in run.metrics if (k, s, t, v) not in have_points]
+    points = [Metric(k, v, t, s) for k, v, t, s in run.metrics if (k, s, t) not in have_points]
     changed |= bool(params or new_tags or points)
     while params or new_tags or points:
         with uninterrupted():

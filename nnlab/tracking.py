@@ -832,6 +832,12 @@ class Tracker:
                          experiment=experiment, name=run.info.run_name, tags=run.data.tags,
                          uid=run.data.tags.get(RUN_UID_TAG))
 
+    def mark_ended(self, run_id: str, status: str, reason: str) -> None:
+        """Close a run some other process left RUNNING: ``status`` (KILLED/FAILED) and the reason tag."""
+        with uninterrupted():
+            self.client.set_tag(run_id, FAILURE_TAG, reason)
+            self.client.set_terminated(run_id, status=status)
+
     def where(self, experiment_id: str) -> str:
         """Where to look at the runs: the UI hint, or (offline) the spool and the command that replays it."""
         if self.offline:
@@ -860,13 +866,6 @@ def spooled_children(spool_dir: Path, parent_id: str) -> list:
         data = SimpleNamespace(metrics={k: v for k, (_, v) in last.items()}, tags=run.tags, params=run.params)
         out.append(SimpleNamespace(info=info, data=data))
     return out
-
-
-    def mark_ended(self, run_id: str, status: str, reason: str) -> None:
-        """Close a run some other process left RUNNING: ``status`` (KILLED/FAILED) and the reason tag."""
-        with uninterrupted():
-            self.client.set_tag(run_id, FAILURE_TAG, reason)
-            self.client.set_terminated(run_id, status=status)
 
 
 def _tag(key: str, value: Any):
