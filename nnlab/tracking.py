@@ -644,7 +644,28 @@ def _client(uri: str) -> Any:
         client = MlflowClient(tracking_uri=uri)
         if sqlite_path(uri) is not None:
             client.search_experiments(max_results=1)  # the schema exists before the lock is released
-    return client
+    return GuardedClient(client)
+
+
+class GuardedClient:
+    """An ``MlflowClient`` whose every call -- reads included -- finishes before SIGINT/SIGTERM is
+    acted on (``uninterrupted``): an interrupt inside any SQLAlchemy transaction on a sqlite store,
+    not only a write's, can leave the connection holding a lock that the run's closing writes then
+    wait on, and fail. Each call is bounded (sqlite's busy timeout, ``tracking.connect_timeout``)."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            with uninterrupted():
+                return attr(*args, **kwargs)
+        return guarded
 
 
 @functools.lru_cache(maxsize=8)
