@@ -310,7 +310,13 @@ def cli() -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a long traceback: one line here
     try:
-        main()
+        try:
+            main()
+        except Exception as err:
+            # an interrupt that landed inside Hydra's or OmegaConf's code between two jobs can come
+            # out as another error raised while that code unwound (a half-updated config): it is
+            # still the interrupt
+            raise signals.interrupt_behind(err) or err
     except KeyboardInterrupt as err:
         signum = signals.signal_of(err)
         if not abort_active(err):

@@ -37,6 +37,17 @@ def signal_of(error: BaseException) -> int | None:
     return None
 
 
+def interrupt_behind(error: BaseException) -> KeyboardInterrupt | None:
+    """The interrupt an exception was raised while handling (its ``__context__`` chain), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.add(id(error))
+        error = error.__context__
+    return None
+
+
 def exit_status(signum: int) -> int:
     """The shell's status for a command ended by ``signum``: 128 + signum."""
     return 128 + int(signum)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from nnlab.signals import signal_of
+from nnlab.signals import held, signal_of
 
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -480,8 +480,13 @@ class RunLogger:
         try:
             recorded = self._flush_until(time.monotonic() + (0.0 if stopping else self._retry_seconds()))
             recorded = recorded and self._send_staged() and self._terminate()
-        except KeyboardInterrupt as err:  # Ctrl-C while waiting for the store: spool now
+        except KeyboardInterrupt as err:
+            # Ctrl-C while waiting for the store, or a signal held during a write and delivered right
+            # after it (the write went through): one last attempt, as a stopping run gets, signals
+            # held; the record is complete (its status unchanged) or spooled, and the interrupt goes on
             interrupt = err
+            with held(), _single_attempt(True):
+                recorded = self._attempt() and self._send_staged() and self._terminate()
         if not recorded:
             self._fall_back_to_spool()
         if interrupt is not None:

@@ -203,7 +203,8 @@ def test_signal_at_a_random_moment(tmp_path, launcher, sig):
         assert [r for r in record if r["status"] == "RUNNING"] == [], where
         assert parents(record)[0]["status"] == "KILLED" and parents(record)[0]["tags"]["nnlab.failure"] == sig, where
         for run in children(record):
-            assert run["status"] in ("FINISHED", "KILLED"), (where, run)
+            why = {k: v for k, v in run["tags"].items() if k.startswith("nnlab.failure")}
+            assert run["status"] in ("FINISHED", "KILLED"), f"{where}: a child {run['status']} {why}\n{stderr}"
             if run["status"] == "KILLED":
                 assert run["tags"]["nnlab.failure"] == sig, (where, run)
         assert f"sweep stopped by {sig}" in stderr, where

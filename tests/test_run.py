@@ -257,3 +257,24 @@ def test_run_records_its_dataset_as_an_mlflow_input(make_cfg):
     assert "split_seed=0" in inputs["training"].source
     found = make_cfg.client.search_runs([run.info.experiment_id], "dataset.name = 'digits'")
     assert [r.info.run_id for r in found] == [run.info.run_id]
+
+
+def test_an_interrupt_that_comes_out_as_another_error_still_stops_with_its_signal(monkeypatch, capsys):
+    """A signal landing inside Hydra's or OmegaConf's code between two jobs can surface as another
+    error raised while that code unwinds (seen: an AttributeError from a half-updated config)."""
+    import signal
+
+    import nnlab.run
+    from nnlab.signals import Interrupted
+
+    def main():
+        try:
+            raise Interrupted(signal.SIGTERM)
+        except KeyboardInterrupt:
+            raise AttributeError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+
+    monkeypatch.setattr(nnlab.run, "main", main)
+    with pytest.raises(SystemExit) as stopped:
+        nnlab.run.cli()
+    assert stopped.value.code == 143
+    assert capsys.readouterr().err.strip() == "nnlab: stopped by SIGTERM"

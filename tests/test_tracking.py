@@ -152,3 +152,37 @@ def test_uninterrupted_holds_signals_and_delivers_each_once_after():
             os.kill(os.getpid(), signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class InterruptedOnClose(CountingClient):
+    """A signal arrives while the run's closing flush is inside its write (a sweep stopped just
+    as a job ends): the first metric write after ``armed`` is set."""
+
+    armed = False
+
+    def log_batch(self, run_id, metrics=(), **kw):
+        import os
+
+        if metrics and self.armed:
+            self.armed = False
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().log_batch(run_id, metrics=metrics, **kw)
+
+
+def test_a_signal_during_the_closing_flush_of_a_finished_run_keeps_it_finished_and_goes_on(store):
+    tracker = T.Tracker(store)
+    run = tracker.start_run(tracker.experiment_id("e"), "ending", flush_seconds=3600)
+    run.client = client = InterruptedOnClose(run.client)
+    previous = signal.signal(signal.SIGTERM, lambda number, frame: (_ for _ in ()).throw(Interrupted(number)))
+    try:
+        with pytest.raises(Interrupted):  # the stop goes on to the sweep, once the record is whole
+            with run:
+                run.log_metrics({"test_acc": 0.9}, step=3)
+                client.armed = True
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    stored = MlflowClient(store).get_run(run.run_id)
+    assert stored.data.metrics == {"test_acc": 0.9}
+    assert stored.info.status == "FINISHED"  # its training ended before the signal; nothing was lost
+    assert "nnlab.failure" not in stored.data.tags
+    assert run.spooled is None
