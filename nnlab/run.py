@@ -214,8 +214,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
     context = job_context()
     C.check_added_keys(context.get("overrides", ()))
     C.validate(cfg)
-    if context.get("stop_file") and Path(context["stop_file"]).exists():
-        raise signals.Interrupted(signal.SIGTERM)  # the sweep is stopping: a job not yet started does not start
+    if context.get("multirun"):  # the sweep is stopping: a job not yet started does not start
+        if signals.stop_requested() is not None:  # seen here, even if swallowed since
+            raise signals.Interrupted(signals.stop_requested())
+        if context.get("stop_file") and Path(context["stop_file"]).exists():  # seen by the launching process
+            raise signals.Interrupted(signal.SIGTERM)
     data = load_data(cfg)
     model, optimizer, train_config = build(cfg, data)
     tracker = Tracker.from_config(cfg.tracking, base=context.get("cwd"))

@@ -14,6 +14,16 @@ from typing import Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
+# Every SIGINT/SIGTERM one of nnlab's handlers saw in this process, in order. An interrupt raised
+# inside third-party code can be swallowed there (caught, replaced, dropped while it unwinds); a
+# sweep consults this record so that a signal it received still stops it (``stop_requested``).
+received: list[int] = []
+
+
+def stop_requested() -> int | None:
+    """The last signal this process received (see ``received``), or None."""
+    return received[-1] if received else None
+
 
 class Interrupted(KeyboardInterrupt):
     """The process received SIGINT or SIGTERM (``signum``); a KeyboardInterrupt, so ``except
@@ -66,6 +76,7 @@ def raising(before: Callable[[int], None] | None = None) -> Iterator[None]:
         return
 
     def handler(signum: int, frame) -> None:
+        received.append(signum)
         if before is not None:
             before(signum)
         raise Interrupted(signum)
@@ -83,6 +94,7 @@ def raise_on_sigterm() -> None:
     of ending the process on the spot, so a command stopped at any moment unwinds and exits 143.
     Main thread only (where a command-line entry point runs)."""
     def handler(signum: int, frame) -> None:
+        received.append(signum)
         raise Interrupted(signum)
 
     signal.signal(signal.SIGTERM, handler)
@@ -100,6 +112,7 @@ def held() -> Iterator[list[int]]:
         return
 
     def handler(signum: int, frame) -> None:
+        received.append(signum)
         if signum not in pending:
             pending.append(signum)
 

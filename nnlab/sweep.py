@@ -122,6 +122,7 @@ class SweepCallback(Callback):
         # A signal during the set-up waits for its end (a few store writes), then stops the sweep
         # cleanly: cut in half, the set-up would leave the parent run RUNNING or workers behind.
         global _ACTIVE
+        signals.received.clear()  # what an earlier sweep in this process saw is not this one's
         with signals.held() as pending:
             try:
                 started = self._start(config)
@@ -335,11 +336,16 @@ class SweepCallback(Callback):
         stopped is not (it asked for what is being done)."""
         if self.parent is None or self.parent.status != "RUNNING":
             return 0
+        missed = signals.stop_requested() if aborted is None else None
+        if missed is not None:  # a signal came and was swallowed on its way (e.g. in a library): act on it now
+            aborted = signals.Interrupted(missed)
         with self._exit:  # signal handlers back to what they were once closed, whatever happens below
             with signals.held() as pending:
                 unfinished = self._close(aborted)
         if aborted is None:
             signals.deliver(pending)
+        if missed is not None:
+            raise aborted  # the command exits 128 + signal, the sweep closed as stopped by it
         return unfinished
 
     def _close(self, aborted: BaseException | None) -> int:

@@ -242,3 +242,22 @@ def test_a_dead_worker_takes_only_its_own_job(tmp_path):
     assert all(r["status"] == "KILLED" and r["tags"]["nnlab.failure"] == "requeued" for r in others)
     assert_complete_histories(db, [r["id"] for r in done], epochs)
     assert "5 finished, 1 failed" in stderr and f"worker_died (worker pid {victim}: SIGKILL)" in stderr
+
+
+# --- a signal swallowed on its way ----------------------------------------------------------------
+@pytest.mark.parametrize("job", [1, 3], ids=["mid-sweep", "last-job"])
+def test_a_signal_swallowed_by_other_code_still_stops_the_sweep(tmp_path, monkeypatch, job):
+    """A SIGTERM whose interrupt some other code catches and drops (here a Hydra callback at the end of
+    job ``job`` of 4) still stops the sweep: no job starts after it, the parent is KILLED, exit 143."""
+    monkeypatch.setenv("PYTHONPATH", str(Path(__file__).parent))
+    db = tmp_path / "mlflow.db"
+    process = start(tmp_path, "seed=range(0,4)", "trainer.epochs=2", *SMALL,
+                    "+hydra.callbacks.swallow._target_=swallowing_callback.SwallowsASignal",
+                    f"+hydra.callbacks.swallow.job={job}")
+    _, stderr = finish(process, timeout=120)
+    assert process.returncode == 143, stderr
+    record = runs(db)
+    (parent,) = parents(record)
+    assert (parent["status"], parent["tags"]["nnlab.failure"]) == ("KILLED", "SIGTERM"), stderr
+    assert sorted(r["status"] for r in children(record)) == ["FINISHED"] * (job + 1), stderr  # none after it
+    assert "sweep stopped by SIGTERM" in stderr
