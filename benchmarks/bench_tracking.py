@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_tracking.py [--epochs 100] [--repeats 3]
 
 Rows (BLAS limited to 1 thread for all, i.e. ``blas_threads=1``, to keep timings steady):
-  core alone        data loaded once; MLP.from_shape + fit + evaluate with the default config, no callback
+  core alone        data loaded once; MLP.from_shape + fit + evaluate with the default config (epoch 0's
+                    theory and the diagnostics probes included: the same computation), no callback
   nnlab.run.train   the same run through the harness: validation, MLflow run, params, every per-epoch
                     metric (buffered, log_batch), final metrics, artifacts (config, weights), FINISHED
   per-call logging  the core with a callback calling MlflowClient.log_metric once per value: what
@@ -25,18 +26,21 @@ from threadpoolctl import threadpool_limits
 
 from nnlab import config as C
 from nnlab.core import MLP, TrainConfig, evaluate, fit, make_optimizer
-from nnlab.run import CONF_DIR, load_data, train
+from nnlab.run import CONF_DIR, fit_probes, init_diagnostics, load_data, train
 
 
 def core_alone(cfg, callback=None) -> tuple[float, float, int]:
-    """Seconds, test accuracy and number of metric values for one default run without tracking."""
+    """Seconds, test accuracy and number of metric values for one default run without tracking: the
+    same computation as ``train`` (epoch 0's theory, the ``diagnostics`` probes), nothing recorded."""
     data = load_data(cfg)
     start = time.perf_counter()
     model = MLP.from_shape(data.n_features, data.n_classes, **C.model_kwargs(cfg))
+    extra = init_diagnostics(cfg, model, data)
     history = fit(model, make_optimizer(**C.optimizer_kwargs(cfg)), data.x_train, data.y_train, data.x_val,
-                  data.y_val, TrainConfig(**C.trainer_kwargs(cfg)), seed=cfg.seed, callback=callback)
+                  data.y_val, TrainConfig(**C.trainer_kwargs(cfg)), seed=cfg.seed, callback=callback,
+                  probes=fit_probes(cfg))
     _, test_acc = evaluate(model, data.x_test, data.y_test)
-    return time.perf_counter() - start, test_acc, sum(len(e) for e in history.epochs)
+    return time.perf_counter() - start, test_acc, len(extra) + sum(len(e) for e in history.epochs)
 
 
 def tracked(cfg) -> tuple[float, float]:
