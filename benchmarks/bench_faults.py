@@ -10,8 +10,9 @@ end, then runs the same command with ``resume=true``, and reads the store and th
 * SIGKILL of one joblib worker while it trains (the sweep goes on; resume re-runs that one job).
 
 Counted after the resume (all should be 0): jobs without a FINISHED run (runs lost), missing
-(metric, step) points of the FINISHED runs (every per-epoch metric at 0..epochs, the final ones
-once), duplicates (two FINISHED runs of one config, or a (metric, step) written twice), runs left
+(metric, step) points of the FINISHED runs (each metric at the steps the record defines for it,
+``nnlab.analysis.records.logged_steps``: per-epoch metrics at 0..epochs, the final ones once),
+duplicates (two FINISHED runs of one config, or a (metric, step) written twice), runs left
 RUNNING, and processes of the faulted command still alive 3 s after it exited. Also the exit
 statuses of the faulted commands and how long each took to exit after SIGTERM / SIGINT.
 
@@ -32,9 +33,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from nnlab.analysis.records import logged_steps
+
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
 SMALL = ["model.width=16", "trainer.probe_size=64", "tracking.log_weights=false"]
-FINAL = {"test_loss", "test_acc", "best_val_acc", "epochs_run", "train_seconds"}
 
 
 def start(workdir: Path, args: list[str]) -> subprocess.Popen:
@@ -92,13 +94,13 @@ def audit(db: Path, n: int, epochs: int) -> dict[str, int]:
     record = runs(db)
     done = [r for r in record if r["child"] and r["status"] == "FINISHED"]
     fingerprints = [r["tags"].get("nnlab.fingerprint") for r in done]
-    per_epoch = {k for (k,) in query(db, "select distinct key from metrics")} - FINAL
+    keys = {k for run in done for (k,) in query(db, "select distinct key from metrics where run_uuid = ?", run["id"])}
     missing = duplicated = 0
     for run in done:
         rows = query(db, "select key, step, count(*) from metrics where run_uuid = ? group by key, step", run["id"])
         have = {(k, s) for k, s, _ in rows}
         duplicated += sum(c - 1 for *_, c in rows)
-        expected = {(k, s) for k in per_epoch for s in range(epochs + 1)} | {(k, epochs) for k in FINAL}
+        expected = {(k, s) for k in keys for s in (logged_steps(k, epochs) or ())}  # steps the record defines
         missing += len(expected - have)
     return {"lost": n - len(set(fingerprints)), "points": missing,
             "dups": len(fingerprints) - len(set(fingerprints)) + duplicated,
@@ -119,10 +121,12 @@ def trial(kind: str, launcher: list[str], n: int, epochs: int, rng: random.Rando
                 os.killpg(process.pid, signal.SIGKILL)
             elif kind == "worker SIGKILL":
                 busy = lambda: [r for r in runs(db) if r["child"] and r["status"] == "RUNNING" and "nnlab.pid" in r["tags"]]
-                wait_for(busy, process)
-                time.sleep(0.3)
-                if busy():
-                    os.kill(int(busy()[0]["tags"]["nnlab.pid"]), signal.SIGKILL)
+                while wait_for(busy, process):  # a job found running mid-training (0.3 s in) is the victim
+                    time.sleep(0.3)
+                    victims = busy()
+                    if victims:
+                        os.kill(int(victims[0]["tags"]["nnlab.pid"]), signal.SIGKILL)
+                        break
             else:
                 signum = signal.Signals[kind.split()[0]]
                 wait_for(lambda: any(not r["child"] for r in runs(db)), process)

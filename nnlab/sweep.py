@@ -517,8 +517,10 @@ class Summary:
         """A few lines: counts, the best finished run, each failed run with its reason."""
         signum = signals.signal_of(aborted) if aborted is not None else None
         state = f"stopped by {signals.Interrupted(signum).name}" if signum else ("aborted" if aborted else "done")
+        stopped = sum(r is not None and r.info.status == "KILLED" and r.data.tags.get(FAILURE_TAG) in ("SIGINT", "SIGTERM")
+                      for r in self.failed_runs)  # cut short by the signal: not a failure of theirs
         counts = [f"{self.finished} finished" + (f" ({skipped} skipped: FINISHED before)" if skipped else ""),
-                  f"{self.failed} failed"]
+                  f"{self.failed - stopped} failed"] + ([f"{stopped} stopped"] if stopped else [])
         if aborted is not None:
             counts.append(f"{self.not_run} not run")
         lines = [f"sweep {state}: {', '.join(counts)} -- of {self.total} jobs, in {seconds:.0f}s "

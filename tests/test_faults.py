@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from nnlab.analysis.records import logged_steps
+
 pytestmark = pytest.mark.slow
 
 JOBLIB = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
@@ -112,25 +114,16 @@ def wait_for(predicate, process: subprocess.Popen, timeout: float = 240) -> None
 
 
 def assert_complete_histories(db: Path, run_ids: list[str], epochs: int) -> None:
-    """Every per-epoch metric at every step 0..epochs once; the final ones once, at the last step."""
+    """Every metric at each step the record defines for it (``logged_steps``), once."""
     for run_id in run_ids:
-        rows = query(db, "select key, count(*), count(distinct step), min(step), max(step) from metrics "
-                         "where run_uuid = ? group by key", run_id)
+        rows = query(db, "select key, step, count(*) from metrics where run_uuid = ? group by key, step", run_id)
         keys = {key for key, *_ in rows}
         assert FINAL <= keys and {"train_loss", "val_acc", "grad_norm/global"} <= keys, (run_id, keys)
-        for key, count, distinct, low, high in rows:
-            if key == "grad_noise_scale":  # absent at an epoch where its |G|^2 estimate is <= 0 (README)
-                assert count == distinct and 0 <= low <= high <= epochs, (run_id, key)
-                continue
-            if key in FINAL:
-                expected = (1, 1, epochs, epochs)
-            elif key.startswith(("theory/", "preact_std/")):  # at initialisation only
-                expected = (1, 1, 0, 0)
-            elif key.startswith("update_ratio/"):  # from the first step on
-                expected = (epochs, epochs, 1, epochs)
-            else:
-                expected = (epochs + 1, epochs + 1, 0, epochs)
-            assert (count, distinct, low, high) == expected, (run_id, key)
+        assert [(key, step) for key, step, count in rows if count != 1] == [], run_id  # nothing written twice
+        for key in keys:
+            steps, expected = sorted(s for k, s, _ in rows if k == key), logged_steps(key, epochs)
+            assert steps == list(expected) if expected is not None else set(steps) <= set(range(epochs + 1)), \
+                (run_id, key, steps)
 
 
 # --- SIGKILL of the command, then resume=true ---------------------------------------------------------

@@ -258,3 +258,23 @@ def test_the_parent_names_the_sweep_and_carries_its_summary_and_report(tmp_path)
     newest = max((r for r in all_runs(tmp_path) if r.data.tags.get("nnlab.role") == "sweep"),
                  key=lambda r: r.info.start_time)
     assert [a.path for a in client.list_artifacts(newest.info.run_id)] == ["multirun.yaml"]
+
+
+def test_the_summary_counts_runs_cut_short_by_the_signal_as_stopped_not_failed():
+    import signal
+    from types import SimpleNamespace
+
+    from nnlab.signals import Interrupted
+    from nnlab.sweep import summarize
+
+    def run(name, status, failure=None):
+        tags = {"nnlab.fingerprint": name, **({"nnlab.failure": failure} if failure else {})}
+        return SimpleNamespace(info=SimpleNamespace(run_id=name, run_name=name, status=status),
+                               data=SimpleNamespace(tags=tags, metrics={"test_acc": 0.9} if status == "FINISHED" else {}))
+
+    children = [run("a", "FINISHED"), run("b", "KILLED", "SIGTERM"), run("c", "FAILED", "diverged")]
+    summary = summarize(children, ["a", "b", "c", "d"], aborted=True)
+    text = summary.text("p", Interrupted(signal.SIGTERM), skipped=0, seconds=3)
+    assert text.splitlines()[0].startswith("sweep stopped by SIGTERM: 1 finished, 1 failed, 1 stopped, 1 not run")
+    assert "KILLED b: SIGTERM" in text and "FAILED c: diverged" in text
+    assert summary.failed == 2  # the record's sweep/jobs_failed still counts both
