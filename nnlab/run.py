@@ -215,8 +215,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
     C.check_added_keys(context.get("overrides", ()))
     C.validate(cfg)
     if context.get("multirun"):  # the sweep is stopping: a job not yet started does not start
-        if signals.stop_requested() is not None:  # seen here, even if swallowed since
-            raise signals.Interrupted(signals.stop_requested())
+        seen = signals.stop_requested()  # seen here, even if swallowed since
+        if seen is not None:
+            raise signals.Interrupted(seen)
         if context.get("stop_file") and Path(context["stop_file"]).exists():  # seen by the launching process
             raise signals.Interrupted(signal.SIGTERM)
     data = load_data(cfg)
