@@ -222,6 +222,9 @@ def _reason(err: BaseException) -> str:
         return err.reason
     text = str(err)
     for needle, short in (("Connection refused", "connection refused"), ("timed out", "no answer in time"),
+                          # the server went away in the middle of an answer
+                          ("Connection broken", "connection lost"), ("Connection reset", "connection lost"),
+                          ("RemoteDisconnected", "connection lost"),
                           ("Name or service not known", "unknown host"),
                           ("Failed to resolve", "unknown host"), ("disk is full", "disk full"),
                           ("readonly database", "read-only database"), ("Read-only file system", "read-only file system"),

@@ -103,6 +103,35 @@ def http_env(monkeypatch):
         monkeypatch.delenv(key, raising=False)
 
 
+def test_a_server_that_goes_away_in_the_middle_of_its_answer_is_named_as_a_lost_connection(tmp_path, http_env):
+    """A real socket that answers half a response and hangs up: what a server stopped mid-request does."""
+    import socket
+    import threading
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+
+    def serve():
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 50\r\n\r\n{\"ex")
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        settings = T.StoreSettings(spool_dir=str(tmp_path / "spool"), retries=0, retry_seconds=0)
+        tracker = T.Tracker(f"http://127.0.0.1:{listener.getsockname()[1]}", settings=settings)
+        with pytest.raises(T.StoreUnavailable, match="connection lost"):
+            tracker.open_run("e", "single", {})
+    finally:
+        listener.close()
+
+
 def test_a_run_whose_server_refuses_connections_trains_on_and_is_spooled_whole(tmp_path, capsys, http_env):
     settings = T.StoreSettings(spool_dir=str(tmp_path / "spool"), retries=0, retry_seconds=0)
     tracker = T.Tracker(closed_port_uri(), settings=settings)
