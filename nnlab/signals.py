@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -64,6 +64,38 @@ def exit_status(signum: int) -> int:
 
 
 @contextlib.contextmanager
+def _handled_by(on_signal: Callable[[int], None]) -> Iterator[None]:
+    """Inside the block ``on_signal(signum)`` handles SIGINT and SIGTERM; the previous handlers come
+    back at the end. Main thread only (the callers check).
+
+    An interrupt can land while the handlers are being swapped in or out, and the exception it raises
+    would leave one of them behind, swallowing every later signal of its kind. So: the handlers are
+    swapped inside ``try``, and a handler of a block that has ended puts the previous handler back
+    and passes the signal on to it. A handler installed outside Python (``None``) is left alone."""
+    previous: dict[int, Any] = {}
+    active = True
+
+    def handler(signum: int, frame) -> None:
+        if active:
+            on_signal(signum)
+            return
+        signal.signal(signum, previous[signum])  # left behind by an interrupted restore
+        signal.raise_signal(signum)
+
+    try:
+        for signum in SIGNALS:
+            old = signal.getsignal(signum)
+            if old is not None:
+                previous[signum] = old  # known before the handler is in place, whatever lands between
+                signal.signal(signum, handler)
+        yield
+    finally:
+        active = False
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+@contextlib.contextmanager
 def raising(before: Callable[[int], None] | None = None) -> Iterator[None]:
     """Inside the block SIGINT and SIGTERM raise :class:`Interrupted` in the main thread.
 
@@ -75,18 +107,14 @@ def raising(before: Callable[[int], None] | None = None) -> Iterator[None]:
         yield
         return
 
-    def handler(signum: int, frame) -> None:
+    def on_signal(signum: int) -> None:
         received.append(signum)
         if before is not None:
             before(signum)
         raise Interrupted(signum)
 
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
-    try:
+    with _handled_by(on_signal):
         yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def raise_on_sigterm() -> None:
@@ -103,25 +131,21 @@ def raise_on_sigterm() -> None:
 @contextlib.contextmanager
 def held() -> Iterator[list[int]]:
     """Inside the block SIGINT and SIGTERM are only recorded (in the yielded list, once each), for a
-    few bounded steps that must not be cut in half: a sweep's set-up, its closing. The previous
-    handlers come back at the end; the caller decides what the recorded signals do (``deliver``).
-    Elsewhere than the main thread: a plain block."""
+    few bounded steps that must not be cut in half: a sweep's set-up, its closing, a write to the
+    store. The previous handlers come back at the end; the caller decides what the recorded signals
+    do (``deliver``). Elsewhere than the main thread: a plain block."""
     pending: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield pending
         return
 
-    def handler(signum: int, frame) -> None:
+    def on_signal(signum: int) -> None:
         received.append(signum)
         if signum not in pending:
             pending.append(signum)
 
-    previous = {s: signal.signal(s, handler) for s in SIGNALS}
-    try:
+    with _handled_by(on_signal):
         yield pending
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
 
 
 def deliver(pending: list[int]) -> None:

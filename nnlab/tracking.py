@@ -29,14 +29,13 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from nnlab.signals import held, signal_of
+from nnlab.signals import deliver, held, signal_of
 
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -171,23 +170,12 @@ def uninterrupted() -> Iterator[None]:
     holding the database's write lock, and the next write (the run's FAILED status) then waits on
     it for ever. Main thread only (Python delivers signals there); elsewhere a plain block.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held: list[int] = []
-    previous = {}
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        handler = signal.getsignal(signum)
-        if handler is not None:  # None: installed outside Python, leave it alone
-            previous[signum] = handler
-            signal.signal(signum, lambda number, frame: held.append(number))
+    pending: list[int] = []
     try:
-        yield
+        with held() as pending:
+            yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        for signum in dict.fromkeys(held):
-            signal.raise_signal(signum)  # now handled as usual (KeyboardInterrupt, ...)
+        deliver(pending)  # now handled as usual (KeyboardInterrupt, ...), each once
 
 
 # --- when the store fails -----------------------------------------------------------------------

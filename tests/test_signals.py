@@ -1,0 +1,79 @@
+"""nnlab.signals: the handlers that hold or raise SIGINT/SIGTERM around writes and a sweep's steps
+must never swallow a signal, whenever it lands, including while they are being swapped in or out."""
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from nnlab import signals
+from nnlab.tracking import uninterrupted
+
+
+@pytest.fixture
+def default_handlers():
+    previous = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.default_int_handler),
+                                                    (signal.SIGTERM, signal.SIG_DFL))}
+    yield
+    for s, h in previous.items():
+        signal.signal(s, h)
+    signals.received.clear()
+
+
+@pytest.mark.parametrize("block", [signals.held, signals.raising, uninterrupted])
+def test_a_handler_left_behind_by_an_interrupted_restore_passes_the_signal_on(default_handlers, block):
+    """An interrupt landing between two of the restoring ``signal.signal`` calls leaves the block's
+    handler in place for the other signal; that handler must hand the signal to the one before it."""
+    with block():
+        stale = signal.getsignal(signal.SIGINT)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+    signal.signal(signal.SIGINT, stale)  # as if the restore had been cut short
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)  # not reached: the signal raises at once
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # and it put it back
+
+
+CHILD = """
+import signal, sys
+from nnlab import signals
+from nnlab.tracking import uninterrupted
+signals.raise_on_sigterm()
+BOTH = {signal.SIGINT, signal.SIGTERM}
+print("ready", flush=True)
+while True:
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, BOTH)  # the next signal is sent after the report
+        while True:
+            with uninterrupted():
+                with signals.held() as pending:
+                    pass
+                signals.deliver(pending)
+    except KeyboardInterrupt as stop:
+        signal.pthread_sigmask(signal.SIG_BLOCK, BOTH)  # the report is not cut by the next signal
+        print(signals.signal_of(stop), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_signals_at_random_moments_around_held_blocks_are_never_swallowed():
+    """A real process entering and leaving held blocks in a tight loop, so that signals land while
+    handlers are swapped; SIGINT and SIGTERM at random moments: each must surface as an interrupt."""
+    rng = random.Random(int(os.environ.get("NNLAB_FAULT_SEED", "0")) or None)
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        for n in range(300):
+            signum = (signal.SIGINT, signal.SIGTERM)[n % 2]
+            time.sleep(rng.uniform(0, 0.01))
+            child.send_signal(signum)
+            ready, _, _ = select.select([child.stdout], [], [], 10)
+            assert ready, f"signal {n} ({signum.name}) was swallowed"
+            assert child.stdout.readline().strip() == str(int(signum)), n
+    finally:
+        child.kill()
+        child.wait()
