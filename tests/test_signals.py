@@ -16,12 +16,9 @@ from nnlab.tracking import uninterrupted
 
 @pytest.fixture
 def default_handlers():
-    previous = {s: signal.signal(s, h) for s, h in ((signal.SIGINT, signal.default_int_handler),
-                                                    (signal.SIGTERM, signal.SIG_DFL))}
-    yield
-    for s, h in previous.items():
-        signal.signal(s, h)
-    signals.received.clear()
+    """Python's own handlers to start from (conftest puts the previous ones back afterwards)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @pytest.mark.parametrize("block", [signals.held, signals.raising, uninterrupted])
