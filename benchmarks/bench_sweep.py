@@ -85,7 +85,7 @@ def read_back(workdir: Path) -> dict[str, float]:
 
 def create_store(workdir: Path) -> None:
     """What an earlier command leaves behind: the store and the (tagged) experiment."""
-    subprocess.run([sys.executable, "-c", "from nnlab.tracking import Tracker; Tracker().experiment_id('bench_sweep')"],
+    subprocess.run([sys.executable, "-c", "from nnlab.record.store import Tracker; Tracker().experiment_id('bench_sweep')"],
                    cwd=workdir, check=True, capture_output=True)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from threadpoolctl import threadpool_limits
 
-from nnlab import config as C
+from nnlab import spec as C
 from nnlab.core import MLP, TrainConfig, evaluate, fit, make_optimizer
 from nnlab.run import CONF_DIR, fit_probes, init_diagnostics, load_data, train
 

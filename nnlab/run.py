@@ -26,11 +26,11 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from nnlab import config as C
+from nnlab import spec as C
 from nnlab._cli import exit_without_final_collection, freeze_startup_heap
-from nnlab import signals
-from nnlab.sweep import FINGERPRINT_TAG, abort_active, job_context
-from nnlab.tracking import RunLogger, RunSpooled, StoreUnavailable, Tracker
+from nnlab.record import signals
+from nnlab.sweep.callback import FINGERPRINT_TAG, abort_active, job_context
+from nnlab.record.store import RunLogger, RunSpooled, StoreUnavailable, Tracker
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # absolute: works from any cwd and any import path
 # conf/hydra/launcher/{submitit_local,ray}.yaml take their plugin's name on purpose (the plugin's schema
@@ -50,7 +50,7 @@ def load_data(cfg: DictConfig):
 @functools.lru_cache(maxsize=4)
 def _cached_inputs(key: tuple[tuple[str, Any], ...]) -> list:
     from nnlab.data import load_shared
-    from nnlab.tracking import dataset_inputs
+    from nnlab.record.store import dataset_inputs
 
     data = load_shared(**dict(key))
     splits = {s: (getattr(data, f"x_{s}"), getattr(data, f"y_{s}")) for s in ("train", "val", "test")}
@@ -158,12 +158,12 @@ def summary_line(context: dict, name: str, final: dict[str, float], best_val: fl
 
 
 def sweep_progress(context: dict, ok: bool):
-    """Record that this sweep job ended; the sweep's ``nnlab.progress.Progress`` (None outside a sweep)."""
+    """Record that this sweep job ended; the sweep's ``nnlab.sweep.progress.Progress`` (None outside a sweep)."""
     if not context.get("multirun"):
         return None
     from hydra.core.hydra_config import HydraConfig
 
-    from nnlab.progress import record
+    from nnlab.sweep.progress import record
 
     hc = HydraConfig.get()
     depth = len(Path(str(hc.sweep.subdir)).parts)  # output_dir = <sweep dir>/<subdir>

@@ -23,8 +23,8 @@ from nnlab._cli import exit_without_final_collection
 def clean(experiment: str | None, uri: str | None, all_hosts: bool, older_than_h: float | None,
           dry_run: bool) -> list[tuple[str, str, str]]:
     """Mark stale RUNNING runs KILLED; returns (experiment, run name, run id) of each one."""
-    from nnlab.sweep import stale_runs
-    from nnlab.tracking import Tracker
+    from nnlab.sweep.callback import stale_runs
+    from nnlab.record.store import Tracker
 
     tracker = Tracker(uri)
     if experiment is not None:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from nnlab.spool import DEFAULT_DIR, SpooledRun, read_spool
-from nnlab.tracking import (FAILURE_TAG, PARENT_TAG, ROLE_TAG, RUN_UID_TAG, StoreUnavailable, Tracker, redact,
+from nnlab.record.spool import DEFAULT_DIR, SpooledRun, read_spool
+from nnlab.record.store import (FAILURE_TAG, PARENT_TAG, ROLE_TAG, RUN_UID_TAG, StoreUnavailable, Tracker, redact,
                             uninterrupted)
 
 _BATCH = 1000  # MLflow's metric points per log_batch

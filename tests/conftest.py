@@ -3,7 +3,7 @@ import signal
 
 import pytest
 
-from nnlab import signals
+from nnlab.record import signals
 
 
 @pytest.fixture(autouse=True)

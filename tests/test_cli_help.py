@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from nnlab import config as C
+from nnlab import spec as C
 
 ROOT = Path(__file__).resolve().parents[1]
 

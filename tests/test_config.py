@@ -6,7 +6,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
-from nnlab import config as C
+from nnlab import spec as C
 from nnlab.core import ACTIVATIONS, INITIALIZERS, OPTIMIZERS
 from nnlab.data import DATASETS
 from nnlab.run import CONF_DIR

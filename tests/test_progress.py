@@ -2,7 +2,7 @@
 import os
 import threading
 
-from nnlab.progress import PROGRESS_FILE, Progress, duration, record
+from nnlab.sweep.progress import PROGRESS_FILE, Progress, duration, record
 
 
 def test_progress_counts_every_job_and_estimates_the_rest(tmp_path):

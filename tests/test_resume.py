@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
-from nnlab import config as C
+from nnlab import spec as C
 from nnlab.run import CONF_DIR
 from test_sweep import FAST, all_runs, nnlab_run, split
 
@@ -231,7 +231,7 @@ def test_analysis_keeps_the_latest_finished_run_of_each_configuration(tmp_path):
 # --- a failing callback is a failing command ---------------------------------------------------------
 def test_a_sweep_whose_close_fails_exits_1_instead_of_hydras_warning(capsys):
     """Hydra turns a callback's exception into a warning: nnlab's callback must exit by itself."""
-    from nnlab.sweep import SweepCallback
+    from nnlab.sweep.callback import SweepCallback
 
     class Parent:
         status, run_id = "RUNNING", "p"
@@ -249,7 +249,7 @@ def test_a_sweep_whose_close_fails_exits_1_instead_of_hydras_warning(capsys):
 
 
 def test_a_sweep_that_cannot_start_exits_2_before_any_run(monkeypatch, capsys):
-    from nnlab import sweep
+    from nnlab.sweep import callback as sweep
 
     def broken(config):
         raise RuntimeError("the store said no")

@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
 import nnlab.core
-from nnlab.config import ConfigError
+from nnlab.spec import ConfigError
 from nnlab.run import CONF_DIR, train
 
 RECORD = {"train_loss", "train_acc", "val_loss", "val_acc", "grad_norm/global"}
@@ -215,7 +215,7 @@ def test_the_record_says_which_config_and_which_process_and_how_many_blas_thread
     import os
     import socket
 
-    from nnlab.config import fingerprint
+    from nnlab.spec import fingerprint
 
     cfg = make_cfg("trainer.epochs=1", "model.width=8", "blas_threads=null")
     train(cfg)
@@ -265,7 +265,7 @@ def test_an_interrupt_that_comes_out_as_another_error_still_stops_with_its_signa
     import signal
 
     import nnlab.run
-    from nnlab.signals import Interrupted
+    from nnlab.record.signals import Interrupted
 
     def main():
         try:

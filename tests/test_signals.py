@@ -1,4 +1,4 @@
-"""nnlab.signals: the handlers that hold or raise SIGINT/SIGTERM around writes and a sweep's steps
+"""nnlab.record.signals: the handlers that hold or raise SIGINT/SIGTERM around writes and a sweep's steps
 must never swallow a signal, whenever it lands, including while they are being swapped in or out."""
 import os
 import random
@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from nnlab import signals
-from nnlab.tracking import uninterrupted
+from nnlab.record import signals
+from nnlab.record.store import uninterrupted
 
 
 @pytest.fixture
@@ -37,8 +37,8 @@ def test_a_handler_left_behind_by_an_interrupted_restore_passes_the_signal_on(de
 
 CHILD = """
 import signal, sys
-from nnlab import signals
-from nnlab.tracking import uninterrupted
+from nnlab.record import signals
+from nnlab.record.store import uninterrupted
 signals.raise_on_sigterm()
 BOTH = {signal.SIGINT, signal.SIGTERM}
 print("ready", flush=True)

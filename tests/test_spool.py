@@ -12,8 +12,8 @@ import pytest
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from nnlab import spool as S
-from nnlab import tracking as T
+from nnlab.record import spool as S
+from nnlab.record import store as T
 from nnlab.sync import sync
 
 

@@ -264,8 +264,8 @@ def test_the_summary_counts_runs_cut_short_by_the_signal_as_stopped_not_failed()
     import signal
     from types import SimpleNamespace
 
-    from nnlab.signals import Interrupted
-    from nnlab.sweep import summarize
+    from nnlab.record.signals import Interrupted
+    from nnlab.sweep.callback import summarize
 
     def run(name, status, failure=None):
         tags = {"nnlab.fingerprint": name, **({"nnlab.failure": failure} if failure else {})}

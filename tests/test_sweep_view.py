@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from nnlab.sweep_view import (BEST_METRIC, BEST_RUN_ID_TAG, BEST_RUN_TAG, JOBS_FAILED, JOBS_FINISHED,
+from nnlab.sweep.view import (BEST_METRIC, BEST_RUN_ID_TAG, BEST_RUN_TAG, JOBS_FAILED, JOBS_FINISHED,
                               SWEEP_SECONDS, parent_run_name, parent_summary, summary_fields)
 
 STARTED = time.mktime((2026, 11, 25, 14, 54, 31, 0, 0, -1))  # local time, as the name shows it

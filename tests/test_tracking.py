@@ -4,8 +4,8 @@ import signal
 import pytest
 from mlflow import MlflowClient
 
-from nnlab import tracking as T
-from nnlab.signals import Interrupted
+from nnlab.record import store as T
+from nnlab.record.signals import Interrupted
 from nnlab.core import DivergenceError
 
 

@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from joblib import Parallel, delayed
 
 from nnlab.run import CONF_DIR
-from nnlab.workers import _joblib_kwargs, prestart, stop
+from nnlab.sweep.workers import _joblib_kwargs, prestart, stop
 
 
 def compose_hydra(*overrides):

@@ -174,16 +174,16 @@ def _no_result(overrides: list[str]) -> JobReturn:
 
 
 def _stopping() -> bool:
-    from nnlab.sweep import stopping
+    from nnlab.sweep.callback import stopping
 
     return stopping()
 
 
 def _worker_lost(victims: dict[int, tuple[list[str], int, str]], others: dict[int, list[str]],
                  dead: dict[int, int | None]) -> list[int]:
-    """Record the loss in the sweep (nnlab.sweep); returns the jobs among ``others`` that already
+    """Record the loss in the sweep (nnlab.sweep.callback); returns the jobs among ``others`` that already
     FINISHED (not run again)."""
-    from nnlab.sweep import worker_lost
+    from nnlab.sweep.callback import worker_lost
 
     return worker_lost(victims, others, {pid: exit_reason(code) for pid, code in dead.items()})
 

@@ -1,7 +1,7 @@
 """Hydra's basic grid sweeper, minus its second composition of every job, plus longest-first order.
 
-Before any job starts, ``nnlab.sweep.SweepCallback`` composes and validates every job of the
-grid (``nnlab.config.sweep_jobs``: once per distinct group combination) so that a refused value
+Before any job starts, ``nnlab.sweep.callback.SweepCallback`` composes and validates every job of the
+grid (``nnlab.spec.sweep_jobs``: once per distinct group combination) so that a refused value
 creates no MLflow run. ``BasicSweeper`` would then compose each job again only to check it
 (``validate_batch_is_legal``, ~50 ms a job) before the launcher composes it once more to run it.
 This sweeper skips that middle composition when nnlab's check has run, and only then.
@@ -10,7 +10,7 @@ For a parallel launcher (joblib) it also hands the jobs over longest first: a gr
 order ends with its deepest networks, and the last of them would run while the other workers sit
 idle. Longest-first keeps every worker busy until the end. Same jobs, same run names; only the
 job numbers (Hydra's ``hydra.job.num``) follow the new order. The in-process launcher keeps the
-grid's order. With ``resume=true``, the jobs ``nnlab.sweep`` found FINISHED are left out.
+grid's order. With ``resume=true``, the jobs ``nnlab.sweep.callback`` found FINISHED are left out.
 """
 from __future__ import annotations
 
@@ -61,9 +61,9 @@ class NnlabSweeper(BasicSweeper):
         super().validate_batch_is_legal(batch)
 
     def get_job_batch(self) -> Sequence[Sequence[str]]:
-        from nnlab.workers import uses_joblib
+        from nnlab.sweep.workers import uses_joblib
 
-        from nnlab.sweep import SKIPPED
+        from nnlab.sweep.callback import SKIPPED
 
         # resume=true: jobs whose config already has a FINISHED run are not launched again
         batch = [job for job in super().get_job_batch() if tuple(job) not in SKIPPED]

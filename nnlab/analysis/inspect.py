@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from omegaconf import DictConfig, OmegaConf
 from sklearn.metrics import confusion_matrix
 
-from nnlab import config as C
+from nnlab import spec as C
 from nnlab.core import MLP, predict
 from nnlab.data import Dataset, load_dataset
 

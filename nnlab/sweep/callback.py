@@ -34,9 +34,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from nnlab import signals
-from nnlab.sweep_view import parent_run_name
-from nnlab.tracking import (FAILURE_TAG, HOST_TAG, PID_TAG, ROLE_TAG, RunLogger, StoreUnavailable, Tracker, redact,
+from nnlab.record import signals
+from nnlab.sweep.view import parent_run_name
+from nnlab.record.store import (FAILURE_TAG, HOST_TAG, PID_TAG, ROLE_TAG, RunLogger, StoreUnavailable, Tracker, redact,
                             resolve_uri)
 
 ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE = "NNLAB_PARENT_RUN_ID", "NNLAB_SWEEP_ID", "NNLAB_SWEEP_SIZE"
@@ -159,7 +159,7 @@ class SweepCallback(Callback):
             self.plan = _checked_plan(config)
         except HydraException:
             return False  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
-        from nnlab.workers import prestart, uses_joblib
+        from nnlab.sweep.workers import prestart, uses_joblib
 
         self._joblib = uses_joblib(config)
         self._report = bool(OmegaConf.select(config, "tracking.sweep_report", default=True))
@@ -247,7 +247,7 @@ class SweepCallback(Callback):
                 self._stop_file.parent.mkdir(parents=True, exist_ok=True)
                 self._stop_file.touch()
         if self._joblib:
-            from nnlab.workers import signal_workers
+            from nnlab.sweep.workers import signal_workers
 
             signal_workers(signum, grace=WORKER_GRACE_SECONDS, settled=self._no_child_running)
 
@@ -257,7 +257,7 @@ class SweepCallback(Callback):
         """Record a broken worker pool: each victim job (number -> (overrides, worker pid, exit
         reason)) FAILED ``worker_died``; every other RUNNING child (its worker killed by the pool)
         KILLED ``requeued``. Returns the jobs among ``others`` that already have a FINISHED run."""
-        from nnlab.tracking import RunLogger
+        from nnlab.record.store import RunLogger
 
         plan = self.plan
         index = {tuple(job): i for i, job in enumerate(plan.jobs)} if plan is not None else {}
@@ -297,7 +297,7 @@ class SweepCallback(Callback):
 
     def _unstarted_run(self, overrides: list[str], fp: str | None) -> str:
         """A run for a job whose worker died before the job created one (so the failure is on record)."""
-        from nnlab.config import run_name
+        from nnlab.spec import run_name
 
         cfg = self.plan.configs[[tuple(j) for j in self.plan.jobs].index(tuple(overrides))] if fp else None
         name = run_name(cfg, overrides, self.plan.axes) if cfg is not None else " ".join(overrides)
@@ -351,7 +351,7 @@ class SweepCallback(Callback):
     def _close(self, aborted: BaseException | None) -> int:
         global _ACTIVE
         if self._joblib:
-            from nnlab.workers import stop
+            from nnlab.sweep.workers import stop
 
             stop(self._warming)  # every job has returned (or the sweep is aborting): release the workers
         for key in _ENV:
@@ -392,7 +392,7 @@ class SweepCallback(Callback):
     def _log_summary(self, summary: "Summary") -> None:
         """The sweep's outcome on its parent run, comparable across sweeps in the UI (sweep/* metrics,
         the best run's name and id as tags)."""
-        from nnlab.sweep_view import JOBS_FAILED, JOBS_FINISHED, SWEEP_SECONDS, parent_summary
+        from nnlab.sweep.view import JOBS_FAILED, JOBS_FINISHED, SWEEP_SECONDS, parent_summary
 
         metrics, tags = parent_summary(summary.finished_runs)
         metrics.update({JOBS_FINISHED: float(summary.finished), JOBS_FAILED: float(summary.failed),
@@ -576,7 +576,7 @@ def summarize(children: list, fingerprints: list[str] | None, aborted: bool = Fa
 def _checked_plan(config: DictConfig) -> Plan | None:
     """Every job of the grid, validated (exits 2 with one line on a refused config); None for
     sweepers other than the grid."""
-    from nnlab.config import ConfigError, check_added_keys, fingerprint, sweep_jobs, validate, varying_keys
+    from nnlab.spec import ConfigError, check_added_keys, fingerprint, sweep_jobs, validate, varying_keys
 
     try:
         check_added_keys(config.hydra.overrides.task)
@@ -596,7 +596,7 @@ def _check_data(configs: list[DictConfig], load: bool) -> None:
     ``load``: in-process jobs share this process's dataset cache, so load (and split) each dataset
     here, once; parallel workers load their own, so only check the files (no scikit-learn import).
     """
-    from nnlab.config import dataset_kwargs
+    from nnlab.spec import dataset_kwargs
     from nnlab.data import check_dataset, load_shared
 
     seen: set[tuple] = set()

@@ -12,7 +12,7 @@ Tracking URI precedence: an explicit ``tracking.uri`` > ``$MLFLOW_TRACKING_URI``
 
 When the store fails (a server that went away, a full or read-only disk) training goes on: the
 record is kept, retried with backoff, and, if the store cannot take it by the time the run closes,
-written to the local spool (``nnlab.spool``) and replayed later by ``python -m nnlab.sync``.
+written to the local spool (``nnlab.record.spool``) and replayed later by ``python -m nnlab.sync``.
 A store that cannot be used when a command starts raises ``StoreUnavailable`` (one line).
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from nnlab.signals import deliver, held, signal_of
+from nnlab.record.signals import deliver, held, signal_of
 
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -305,7 +305,7 @@ class RunLogger:
     Everything buffered goes out in one ``log_batch`` per ``flush_seconds`` (and at close). The run
     also keeps its whole record in memory (params, tags, every metric point), so that whatever the
     store does, the run ends in one of three ways: FINISHED in the store (only if its final flush
-    succeeded), FAILED there with a reason tag, or written to the spool (``nnlab.spool``) when the
+    succeeded), FAILED there with a reason tag, or written to the spool (``nnlab.record.spool``) when the
     store cannot take it — offline by design, or a store that went away.
 
     While the store fails, training goes on: each later flush makes one bounded attempt, spaced by
@@ -551,7 +551,7 @@ class RunLogger:
                   f"{self.spooled} -- replay it with: python -m nnlab.sync {spool_dir} --uri {redact(uri)}")
 
     def _spool_writer(self):
-        from nnlab.spool import SpoolWriter, default_dir
+        from nnlab.record.spool import SpoolWriter, default_dir
 
         if self._writer is None:
             spool_dir = self.tracker.spool_dir if self.tracker is not None else default_dir()
@@ -559,7 +559,7 @@ class RunLogger:
         return self._writer
 
     def _write_spool(self, reason: str) -> Path:
-        from nnlab.spool import owner
+        from nnlab.record.spool import owner
 
         tags = dict(self.tags)
         if self.parent_id:
@@ -681,7 +681,7 @@ class Tracker:
 
     def __init__(self, uri: str | None = None, base: str | Path | None = None,
                  settings: StoreSettings | None = None):
-        from nnlab.spool import default_dir
+        from nnlab.record.spool import default_dir
 
         self.settings = settings or StoreSettings()
         self.offline = self.settings.offline
@@ -802,7 +802,7 @@ class Tracker:
     def sweep_parent(self, experiment_id: str, sweep_id: str) -> str | None:
         """The id of sweep ``sweep_id``'s parent run (looked up once per process), or None."""
         if self.offline:
-            from nnlab.spool import read_manifests
+            from nnlab.record.spool import read_manifests
 
             return next((m["uid"] for m in read_manifests(self.spool_dir)
                          if m.get("sweep_id") == sweep_id and not m.get("parent")), None)  # the sweep's parent
@@ -867,7 +867,7 @@ def spooled_children(spool_dir: Path, parent_id: str) -> list:
     """The spooled runs whose parent is ``parent_id``, shaped like MLflow's ``Run`` for reading."""
     from types import SimpleNamespace
 
-    from nnlab.spool import read_spool
+    from nnlab.record.spool import read_spool
 
     if not Path(spool_dir).is_dir():
         return []

@@ -7,7 +7,7 @@ what the sweep compared before when it ran::
 
 and it carries the sweep's outcome as metrics and tags (jobs finished and failed, the best
 ``test_acc`` and the run that reached it, the sweep's wall time), so that sweeps can be sorted and
-compared like runs. Nothing here talks to MLflow: the sweep's lifecycle (``nnlab.sweep``) calls
+compared like runs. Nothing here talks to MLflow: the sweep's lifecycle (``nnlab.sweep.callback``) calls
 these with what it read back and logs the result.
 """
 from __future__ import annotations
