@@ -25,20 +25,21 @@ from hydra import compose, initialize_config_dir
 from threadpoolctl import threadpool_limits
 
 from nnlab import spec as C
-from nnlab.core import MLP, TrainConfig, evaluate, fit, make_optimizer
-from nnlab.run import CONF_DIR, fit_probes, init_diagnostics, load_data, train
+from nnlab.core import MLP, evaluate, fit, make_optimizer
+from nnlab.job import init_diagnostics, load_data, probes
+from nnlab.run import CONF_DIR, train
 
 
 def core_alone(cfg, callback=None) -> tuple[float, float, int]:
     """Seconds, test accuracy and number of metric values for one default run without tracking: the
     same computation as ``train`` (epoch 0's theory, the ``diagnostics`` probes), nothing recorded."""
-    data = load_data(cfg)
+    spec = C.RunSpec.from_cfg(cfg)
+    data = load_data(spec)
     start = time.perf_counter()
-    model = MLP.from_shape(data.n_features, data.n_classes, **C.model_kwargs(cfg))
-    extra = init_diagnostics(cfg, model, data)
-    history = fit(model, make_optimizer(**C.optimizer_kwargs(cfg)), data.x_train, data.y_train, data.x_val,
-                  data.y_val, TrainConfig(**C.trainer_kwargs(cfg)), seed=cfg.seed, callback=callback,
-                  probes=fit_probes(cfg))
+    model = MLP.from_shape(data.n_features, data.n_classes, **spec.model)
+    extra = init_diagnostics(spec, model, data)
+    history = fit(model, make_optimizer(**spec.optimizer), data.x_train, data.y_train, data.x_val,
+                  data.y_val, spec.train, seed=spec.seed, callback=callback, probes=probes(spec))
     _, test_acc = evaluate(model, data.x_test, data.y_test)
     return time.perf_counter() - start, test_acc, len(extra) + sum(len(e) for e in history.epochs)
 

@@ -1,75 +1,78 @@
-"""The configuration's shape: a typed schema for Hydra, value checks, and cfg -> core arguments.
+"""The one place that knows the config: its schema, the value rules, and the typed run spec.
 
-This is the one place that knows the config's layout. Hydra's ConfigStore holds the schema, so a
-wrong *type* (``trainer.epochs=abc``) is refused while composing; :func:`validate` refuses
-impossible *values* (``model.depth=-1``, ``optimizer.lr=0``) with one line naming the key, before
-``nnlab.run`` creates any MLflow run. The ``to_*`` helpers turn a validated config into the keyword
-arguments of ``nnlab.core`` / ``nnlab.data``, so the entry point never spells out keys itself.
+The composed config is parsed once, at the door, into a frozen :class:`RunSpec`
+(``RunSpec.from_cfg``): one ``OmegaConf.to_container``, every value rule (``_RULES``; a refused value
+is one line naming the key, the value and what is valid), and the core's and the record's own
+dataclasses built once (``TrainConfig`` with its ``InstrumentConfig``, the store's ``StoreSettings``).
+After that nothing reads the ``DictConfig``: the job builds data, model and optimiser from the spec,
+the core trains, the record is written from the spec's params, tags and name.
+
+The schema Hydra checks types against (``nnlab_schema`` in the ConfigStore) is derived from those
+same dataclasses, so each setting and its default is defined once: ``trainer.*`` are the fields of
+``nnlab.core.TrainConfig``, ``diagnostics.*`` those of ``nnlab.core.InstrumentConfig`` plus the
+probes', ``tracking.*`` those of ``nnlab.record.store.StoreSettings``.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import json
 import math
+import types
+import typing
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, Mapping, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-GROUPS = ("init", "activation", "optimizer", "dataset")
+from nnlab.core import InstrumentConfig, TrainConfig
+from nnlab.record.names import FINGERPRINT_TAG, GROUP_PARAMS as GROUPS  # each group's choice is a param of that name
+from nnlab.record.store import StoreSettings
 
 
-# --- schema: the top-level config -------------------------------------------------------------
+# --- schema: derived from the dataclasses that use the values -----------------------------------
+def _schema_type(hint: Any) -> Any:
+    """The annotation OmegaConf understands for a dataclass field's type (``int | None`` -> Optional[int])."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return Optional[_schema_type(args[0])] if len(args) == 1 else Any
+    if hint is dict or typing.get_origin(hint) is dict:
+        return Dict[str, Any]
+    return hint if hint in (int, float, bool, str) else Any
+
+
+def _schema_of(source: type, name: str, exclude: tuple[str, ...] = (), extra: tuple = ()) -> type:
+    """A Hydra schema dataclass with ``source``'s fields, types and defaults (less ``exclude``), then ``extra``."""
+    hints = typing.get_type_hints(source)
+    fields = []
+    for f in dataclasses.fields(source):
+        if f.name in exclude:
+            continue
+        default = (field(default_factory=f.default_factory) if f.default_factory is not dataclasses.MISSING
+                   else field(default=f.default))
+        fields.append((f.name, _schema_type(hints[f.name]), default))
+    return dataclasses.make_dataclass(name, [*fields, *extra])
+
+
 @dataclass
 class ModelConfig:
     depth: int = 2  # hidden layers (0 = softmax regression)
     width: Any = 128  # units per hidden layer, or a list of `depth` widths
 
 
-@dataclass
-class TrainerConfig:
-    epochs: int = 30
-    batch_size: int = 32
-    weight_decay: float = 0.01
-    schedule: str = "constant"  # constant | step | cosine
-    schedule_params: Dict[str, float] = field(default_factory=dict)
-    patience: Optional[int] = None  # early stopping on val_acc; null = never
-    probe_size: int = 512  # training samples used for the activation statistics
-    train_eval_size: Optional[int] = 5000  # epoch 0's train_loss/train_acc and gradient: first this-many samples; null = all
-
-
-@dataclass
-class TrackingConfig:
-    uri: Optional[str] = None  # null -> $MLFLOW_TRACKING_URI -> sqlite:///mlflow.db in the cwd
-    experiment: str = "nnlab"
-    flush_seconds: float = 1.0  # buffered metrics reach MLflow at least this often (live UI)
-    log_weights: bool = True  # trained weights as a weights.npz artifact
-    offline: bool = False  # record runs in the local spool only; replay them with `python -m nnlab.sync`
-    spool_dir: Optional[str] = None  # null -> ./nnlab-spool in the directory the command runs from
-    connect_timeout: float = 5.0  # seconds one request to a tracking server may take
-    retries: int = 2  # retries of one request (with backoff) before the store counts as failing
-    retry_seconds: float = 30.0  # a closing run retries a failing store this long, then goes to the spool
-    sweep_report: bool = True  # a sweep's report (nnlab.report) attached to its parent run
-
-
-@dataclass
-class DiagnosticsConfig:
-    """Extra measurements: the theory, the Jacobian probe and the per-epoch instruments
-    (nnlab.core.instruments). One that is off is absent from the record."""
-
-    theory: bool = True  # mean-field predictions (nnlab.theory) and measured preact_std, at epoch 0
-    jacobian: bool = True  # singular values of the hidden stack's Jacobian d a^L / d x, every epoch
-    jacobian_inputs: int = 4  # probe inputs (the first rows of the probe batch) the Jacobian is taken at
-    update_ratio: bool = True  # update_ratio/layer_{i}: the epoch's last step, relative to the weights
-    dist_init: bool = True  # dist_init/layer_{i}: distance from the initial weights, relative
-    grad_noise_scale: bool = True  # grad_noise_scale: B_simple on the probe batch (trainer.probe_size samples)
-    sharpness_every: int = 0  # sharpness + sharpness_x_lr every this many epochs; 0 = off
-    sharpness_size: int = 1000  # training samples the Hessian is taken on
-    sharpness_iters: int = 20  # power iterations per measurement
+TrainerConfig = _schema_of(TrainConfig, "TrainerConfig", exclude=("instruments",))
+# the Jacobian probe and the theory are chosen here too: they are measurements, like the instruments
+DiagnosticsConfig = _schema_of(InstrumentConfig, "DiagnosticsConfig", extra=(
+    ("theory", bool, field(default=True)),  # mean-field predictions (nnlab.theory) and measured preact_std, at epoch 0
+    ("jacobian", bool, field(default=True)),  # singular values of the hidden stack's Jacobian, every epoch
+    ("jacobian_inputs", int, field(default=4)),  # probe inputs the Jacobian is taken at
+))
+TrackingConfig = _schema_of(StoreSettings, "TrackingConfig")
+_PROBE_KEYS = ("theory", "jacobian", "jacobian_inputs")  # diagnostics.* that are not InstrumentConfig's
 
 
 @dataclass
@@ -273,9 +276,22 @@ def _check_width(depth: Any, width: Any) -> None:
         raise ConfigError("model.width", width, "must be an integer >= 1 or a list of model.depth integers")
 
 
-def validate(cfg: DictConfig) -> None:
+def _tree(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """The resolved config as plain dicts and lists (without Hydra's own node)."""
+    if isinstance(cfg, (DictConfig, ListConfig)):
+        tree = OmegaConf.to_container(cfg, resolve=True)
+    else:
+        tree = dict(cfg)
+    tree.pop("hydra", None)
+    return tree
+
+
+def validate(cfg: DictConfig | Mapping[str, Any]) -> None:
     """Raise :class:`ConfigError` (one line: key, value, what is allowed) on the first bad value."""
-    tree = OmegaConf.to_container(cfg, resolve=True)  # plain dicts: checking is then a few microseconds
+    _validate_tree(_tree(cfg))
+
+
+def _validate_tree(tree: Mapping[str, Any]) -> None:
     for group in GROUPS:
         if not isinstance(tree.get(group), dict):
             raise ConfigError(group, tree.get(group), f"choose a {group} option (conf/{group}/)")
@@ -294,46 +310,82 @@ def validate(cfg: DictConfig) -> None:
                           f"val_size + test_size must be < 1, test_size={data['test_size']}")
 
 
-# --- cfg -> arguments of nnlab.core / nnlab.data -------------------------------------------------
-def _options(node: DictConfig) -> dict[str, Any]:
+# --- the run spec: the config parsed once -------------------------------------------------------
+def _options(node: Mapping[str, Any]) -> dict[str, Any]:
     """A group option's parameters: everything but its name."""
-    return {k: v for k, v in OmegaConf.to_container(node, resolve=True).items() if k != "name"}
+    return {k: v for k, v in node.items() if k != "name"}
 
 
-def dataset_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """``load_dataset(**dataset_kwargs(cfg))``."""
-    return {"name": cfg.dataset.name, **_options(cfg.dataset)}
+@dataclass(frozen=True)
+class RunSpec:
+    """One run, parsed and validated once from the composed config; what every later step reads.
+
+    ``data``, ``model`` and ``optimizer`` are the keyword arguments of ``nnlab.data.load_shared``,
+    ``nnlab.core.MLP.from_shape`` (after ``n_in, n_out``) and ``nnlab.core.make_optimizer``;
+    ``train`` is the core's own ``TrainConfig`` (instruments included), ``store`` the record's
+    ``StoreSettings``; ``params``, ``fingerprint`` and ``name`` are what the record says of the run.
+    """
+
+    tree: Mapping[str, Any]  # the resolved config (config.yaml), without Hydra's node
+    choices: Mapping[str, str]  # each group's chosen option
+    data: Mapping[str, Any]
+    model: Mapping[str, Any]
+    optimizer: Mapping[str, Any]
+    train: TrainConfig
+    store: StoreSettings
+    theory: bool  # epoch 0: nnlab.theory's predictions beside the measured preact_std
+    jacobian_inputs: int | None  # the Jacobian probe's inputs; None: no probe
+    seed: int
+    blas_threads: int | None
+    resume: bool
+    params: Mapping[str, str]
+    fingerprint: str
+    name: str
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig | Mapping[str, Any], choices: Mapping[str, Any] | None = None,
+                 overrides: Iterable[str] = (), varying: Iterable[str] = ()) -> "RunSpec":
+        """Parse and check a composed config (raises :class:`ConfigError`, one line, on a bad value).
+
+        ``choices``: Hydra's group choices (``hydra.runtime.choices``); ``overrides`` and ``varying``:
+        the job's command-line overrides and the keys its sweep varies (they go into the run's name)."""
+        overrides = tuple(overrides)
+        check_added_keys(overrides)
+        tree = _tree(cfg)
+        _validate_tree(tree)
+        model, diagnostics = tree["model"], tree["diagnostics"]
+        width = model["width"]
+        instruments = {k: v for k, v in diagnostics.items() if k not in _PROBE_KEYS}
+        try:
+            train = TrainConfig(**tree["trainer"], instruments=InstrumentConfig(**instruments))
+        except (TypeError, ValueError) as err:  # a rule the core knows and _RULES does not: still one line
+            raise ConfigError("trainer", _show(tree["trainer"]), str(err)) from None
+        return cls(
+            tree=tree,
+            choices=group_choices(tree, choices),
+            data={"name": tree["dataset"]["name"], **_options(tree["dataset"])},
+            model={"depth": model["depth"], "width": list(width) if isinstance(width, list) else width,
+                   "activation": tree["activation"]["name"], "activation_params": _options(tree["activation"]),
+                   "init": tree["init"]["name"], "init_params": _options(tree["init"]), "seed": tree["seed"]},
+            optimizer={"name": tree["optimizer"]["name"], **_options(tree["optimizer"])},
+            train=train,
+            store=StoreSettings(**tree["tracking"]),
+            theory=bool(diagnostics["theory"]),
+            jacobian_inputs=diagnostics["jacobian_inputs"] if diagnostics["jacobian"] else None,
+            seed=tree["seed"],
+            blas_threads=tree["blas_threads"],
+            resume=bool(tree.get("resume", False)),
+            params={**group_choices(tree, choices), **flat_params(tree)},
+            fingerprint=fingerprint(tree),
+            name=run_name(tree, overrides, varying),
+        )
+
+    def tags(self) -> dict[str, str]:
+        """The tags every run of this spec carries (the sweep adds its own)."""
+        return {"nnlab.dataset": self.data["name"], FINGERPRINT_TAG: self.fingerprint}
 
 
-def model_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """``MLP.from_shape(n_in, n_out, **model_kwargs(cfg))``."""
-    width = cfg.model.width
-    return {"depth": cfg.model.depth, "width": list(width) if isinstance(width, ListConfig) else width,
-            "activation": cfg.activation.name, "activation_params": _options(cfg.activation),
-            "init": cfg.init.name, "init_params": _options(cfg.init), "seed": cfg.seed}
-
-
-def optimizer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """``make_optimizer(**optimizer_kwargs(cfg))``."""
-    return {"name": cfg.optimizer.name, **_options(cfg.optimizer)}
-
-
-def trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """``TrainConfig(**trainer_kwargs(cfg), instruments=InstrumentConfig(**instrument_kwargs(cfg)))``."""
-    return OmegaConf.to_container(cfg.trainer, resolve=True)
-
-
-def instrument_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """``InstrumentConfig(**instrument_kwargs(cfg))``: the ``diagnostics`` keys the instruments read."""
-    from dataclasses import fields
-
-    from nnlab.core import InstrumentConfig
-
-    tree = OmegaConf.to_container(cfg.diagnostics, resolve=True) if "diagnostics" in cfg else {}
-    return {f.name: tree[f.name] for f in fields(InstrumentConfig) if f.name in tree}
-
-
-# --- cfg -> the record --------------------------------------------------------------------------
+# --- the record's view of a config ---------------------------------------------------------------
 _NOT_PARAMS = ("tracking.uri", "resume")  # the URI may carry credentials (http://user:token@host)
 
 
@@ -345,22 +397,20 @@ def _leaves(node: Any, prefix: str) -> Iterator[tuple[str, Any]]:
         yield prefix, node
 
 
-def flat_params(cfg: DictConfig) -> dict[str, str]:
+def flat_params(cfg: DictConfig | Mapping[str, Any]) -> dict[str, str]:
     """Every resolved leaf under its dotted path (``model.depth``, ``optimizer.lr``, ...), as strings."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    return {key: _show(value) for key, value in _leaves(tree, "") if key not in _NOT_PARAMS}
+    return {key: _show(value) for key, value in _leaves(_tree(cfg), "") if key not in _NOT_PARAMS}
 
 
 # how a run is done or recorded, not what is trained: two runs differing only here are the same run
 _NOT_IN_FINGERPRINT = ("tracking", "resume", "blas_threads")
 
 
-def fingerprint(cfg: DictConfig) -> str:
+def fingerprint(cfg: DictConfig | Mapping[str, Any]) -> str:
     """A stable hash of the resolved config without ``tracking``, ``resume`` and ``blas_threads``:
     the ``nnlab.fingerprint`` tag, by which a resumed sweep knows a job is done and the analysis
     knows two runs are one configuration run twice (not two seeds)."""
-    tree = OmegaConf.to_container(cfg, resolve=True)
-    tree = {k: v for k, v in tree.items() if k not in _NOT_IN_FINGERPRINT and k != "hydra"}
+    tree = {k: v for k, v in _tree(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     text = json.dumps(tree, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -373,9 +423,10 @@ _ADDABLE = ("hydra.", "trainer.schedule_params.")
 def check_added_keys(overrides: Iterable[str]) -> None:
     """Raise :class:`ConfigError` for a ``+key=value`` / ``++key=value`` on a key nnlab does not use
     (``+typo=5``); group additions (``+experiment=NAME``) are Hydra's and pass."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
+    overrides = list(overrides)
+    if not any(o.lstrip().startswith("+") for o in overrides):
+        return  # nothing added: skip the parser (it costs ~50 ms to build)
+    for override in _parser().parse_overrides(overrides):
         if not (override.is_add() or override.is_force_add()) or not _is_leaf_override(override):
             continue
         key = override.key_or_group
@@ -383,6 +434,14 @@ def check_added_keys(overrides: Iterable[str]) -> None:
             continue
         raise ConfigError(override.input_line.split("=", 1)[0], override.value(),
                           "nnlab does not use this key; see `python -m nnlab.run --help` for the keys it reads")
+
+
+@functools.cache
+def _parser():
+    """Hydra's override parser (built once: building it costs ~50 ms)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
 
 
 @functools.cache
@@ -395,20 +454,24 @@ def _SCHEMA_LEAVES() -> frozenset[str]:
     return frozenset(keys)
 
 
-def group_choices(cfg: DictConfig, hydra_choices: dict[str, Any] | None = None) -> dict[str, str]:
+def group_choices(cfg: DictConfig | Mapping[str, Any], hydra_choices: Mapping[str, Any] | None = None) -> dict[str, str]:
     """Each group's chosen option (Hydra's choice when known, else the option's ``name``)."""
     hydra_choices = hydra_choices or {}
-    return {g: str(hydra_choices.get(g) or cfg[g].name) for g in GROUPS}
+    tree = cfg if isinstance(cfg, Mapping) and not isinstance(cfg, DictConfig) else _tree(cfg)
+    return {g: str(hydra_choices.get(g) or tree[g]["name"]) for g in GROUPS}
 
 
 _NAMED_IN_RUN_NAME = {"activation", "init", "model.depth", "seed"}
 _NEVER_IN_RUN_NAME = ("tracking.", "hydra.")
 
 
-def run_name(cfg: DictConfig, overrides: list[str] | tuple[str, ...] = (), varying: Iterable[str] = ()) -> str:
+def run_name(cfg: DictConfig | Mapping[str, Any], overrides: list[str] | tuple[str, ...] = (),
+             varying: Iterable[str] = ()) -> str:
     """A name readable at a glance: ``relu-he-d4-s0``, plus the values of the other keys a sweep
     varies (``varying``), so that no two jobs of a sweep share a name: ``relu-he-d4-s0-sgd-lr0.1``."""
-    parts = [str(cfg.activation.name), str(cfg.init.name), f"d{cfg.model.depth}", f"s{cfg.seed}"]
+    tree = cfg if isinstance(cfg, Mapping) and not isinstance(cfg, DictConfig) else _tree(cfg)
+    parts = [str(tree["activation"]["name"]), str(tree["init"]["name"]), f"d{tree['model']['depth']}",
+             f"s{tree['seed']}"]
     varying = set(varying)
     for override in overrides:
         key, _, value = override.lstrip("~+").partition("=")
@@ -450,26 +513,25 @@ def varying_keys(jobs: list[list[str]]) -> list[str]:
     return sorted(key for key, seen in values.items() if len(seen) > 1)
 
 
-def sweep_jobs(config: DictConfig) -> tuple[list[list[str]], list[DictConfig]] | None:
-    """Every job of a multirun (basic sweeper): its overrides and its validated config; ``None``
-    for other sweepers.
+def sweep_jobs(config: DictConfig) -> tuple[list[list[str]], list[RunSpec]] | None:
+    """Every job of a multirun (basic sweeper): its overrides and its run spec; ``None`` for other
+    sweepers. Raises :class:`ConfigError` on the first refused job.
 
     Group choices are composed once per distinct combination (Hydra composition costs ~50 ms),
     value overrides are applied on a copy, so checking a 100-job grid costs well under a second.
     """
     from hydra import compose
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if OmegaConf.select(config, "hydra.sweeper._target_") not in _GRID_SWEEPERS:
         return None
     params_node = OmegaConf.select(config, "hydra.sweeper.params")
     params = OmegaConf.to_container(params_node, resolve=False) if params_node is not None else {}
     arguments = [f"{k}={v}" for k, v in params.items()] + list(config.hydra.overrides.task)
-    parser = OverridesParser.create()
+    parser = _parser()
     jobs = BasicSweeper.split_arguments(parser.parse_overrides(arguments), None)[0]
     composed: dict[tuple[str, ...], DictConfig] = {}
-    configs = []
+    configs, varying = [], varying_keys(jobs)
     for job in jobs:
         overrides = parser.parse_overrides(job)
         structural = tuple(o.input_line for o in overrides if not _is_leaf_override(o))
@@ -479,10 +541,9 @@ def sweep_jobs(config: DictConfig) -> tuple[list[list[str]], list[DictConfig]] |
         for override in overrides:
             if _is_leaf_override(override):
                 _apply_leaf(cfg, override)
-        validate(cfg)
-        configs.append(cfg)
+        configs.append(RunSpec.from_cfg(cfg, overrides=job, varying=varying))
     for key in _PER_SWEEP:
-        values = {OmegaConf.select(c, key) for c in configs}
+        values = {_show(_lookup(c.tree, key)[1]) for c in configs}
         if len(values) > 1:
-            raise ConfigError(key, ",".join(map(_show, values)), "cannot vary within one sweep")
+            raise ConfigError(key, ",".join(sorted(values)), "cannot vary within one sweep")
     return jobs, configs

@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from nnlab.record.spool import DEFAULT_DIR, SpooledRun, read_spool
-from nnlab.record.store import (FAILURE_TAG, PARENT_TAG, ROLE_TAG, RUN_UID_TAG, StoreUnavailable, Tracker, redact,
+from nnlab.record.names import FAILURE_TAG, PARENT_TAG, ROLE_TAG, RUN_UID_TAG, SWEEP_ROLE
+from nnlab.record.store import (StoreUnavailable, Tracker, redact,
                             uninterrupted)
 
 _BATCH = 1000  # MLflow's metric points per log_batch
@@ -54,7 +55,7 @@ def _parent_id(tracker: Tracker, experiment_id: str, run: SpooledRun, synced: di
         except Exception:
             pass
     sweep_id = run.manifest.get("sweep_id")
-    if sweep_id and run.tags.get(ROLE_TAG) != "sweep":  # a job whose parent is in the store, not the spool
+    if sweep_id and run.tags.get(ROLE_TAG) != SWEEP_ROLE:  # a job whose parent is in the store, not the spool
         return tracker.sweep_parent(experiment_id, sweep_id)
     return None
 

@@ -31,10 +31,10 @@ def test_every_core_name_has_exactly_one_conf_option(group, registry):
 @pytest.mark.parametrize("group, option", [(g, o) for g in C.GROUPS for o in options(g)])
 def test_every_group_option_composes_and_validates(hydra_conf, group, option):
     cfg = hydra_conf(f"{group}={option}")
-    C.validate(cfg)
-    assert cfg[group].name == option
-    kwargs = {"init": C.model_kwargs(cfg)["init_params"], "activation": C.model_kwargs(cfg)["activation_params"],
-              "optimizer": C.optimizer_kwargs(cfg), "dataset": C.dataset_kwargs(cfg)}[group]
+    spec = C.RunSpec.from_cfg(cfg)
+    assert cfg[group].name == option and spec.choices[group] == option
+    kwargs = {"init": spec.model["init_params"], "activation": spec.model["activation_params"],
+              "optimizer": spec.optimizer, "dataset": spec.data}[group]
     assert "name" not in kwargs or group in ("optimizer", "dataset")
 
 
@@ -51,10 +51,11 @@ def test_core_arguments_build_a_model(hydra_conf):
     from nnlab.core import MLP, TrainConfig, make_optimizer
 
     cfg = hydra_conf("init=orthogonal", "activation=leaky_relu", "optimizer=momentum", "model.width=[8,4]")
-    model = MLP.from_shape(64, 10, **C.model_kwargs(cfg))
+    spec = C.RunSpec.from_cfg(cfg)
+    model = MLP.from_shape(64, 10, **spec.model)
     assert model.sizes == [64, 8, 4, 10]
-    assert make_optimizer(**C.optimizer_kwargs(cfg)).momentum == 0.9
-    assert TrainConfig(**C.trainer_kwargs(cfg)).weight_decay == 0.01
+    assert make_optimizer(**spec.optimizer).momentum == 0.9
+    assert isinstance(spec.train, TrainConfig) and spec.train.weight_decay == 0.01
 
 
 @pytest.mark.parametrize("override, key", [

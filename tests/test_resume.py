@@ -40,8 +40,8 @@ def test_a_sweeps_plan_and_its_jobs_agree_on_every_fingerprint():
         with open_dict(sweep):
             sweep.hydra.overrides.task = grid
             sweep.hydra.job.config_name = "config"
-        jobs, configs = C.sweep_jobs(sweep)
-        planned = [C.fingerprint(c) for c in configs]
+        jobs, specs = C.sweep_jobs(sweep)
+        planned = [spec.fingerprint for spec in specs]
         own = [C.fingerprint(compose("config", overrides=job)) for job in jobs]
     assert planned == own and len(set(planned)) == 4
 

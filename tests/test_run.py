@@ -163,7 +163,8 @@ def test_default_config_reaches_97_5_percent_over_five_seeds(make_cfg):
 def test_blas_threads_limit_applies_during_fit_and_joblib_workers_get_one(make_cfg, monkeypatch):
     from threadpoolctl import threadpool_info
 
-    from nnlab.run import _blas_limit
+    from nnlab.job import Job, JobContext
+    from nnlab.spec import RunSpec
 
     seen = []
     real_fit = nnlab.core.fit
@@ -175,9 +176,9 @@ def test_blas_threads_limit_applies_during_fit_and_joblib_workers_get_one(make_c
     monkeypatch.setattr(nnlab.core, "fit", spy_fit)
     train(make_cfg("trainer.epochs=1", "model.width=8", "blas_threads=1"))
     assert seen and set(seen) == {1}
-    cfg = make_cfg("blas_threads=null")
-    joblib = {"launcher": "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"}
-    assert _blas_limit(cfg, joblib) == 1 and _blas_limit(cfg, {}) is None
+    spec = RunSpec.from_cfg(make_cfg("blas_threads=null"))
+    in_worker = Job(spec, JobContext(parallel=True), None, None, None, None)
+    assert in_worker.blas_limit == 1 and Job(spec, JobContext(), None, None, None, None).blas_limit is None
 
 
 def test_command_line_exit_skips_the_final_garbage_collection():

@@ -10,7 +10,6 @@ import time
 
 import pytest
 from mlflow import MlflowClient
-from omegaconf import OmegaConf
 
 from nnlab.record import spool as S
 from nnlab.record import store as T
@@ -50,8 +49,7 @@ def test_metrics_are_appended_not_rewritten(tmp_path):
 
 
 def offline_tracker(tmp_path):
-    tracking = OmegaConf.create({"uri": None, "offline": True, "spool_dir": str(tmp_path / "spool")})
-    return T.Tracker.from_config(tracking, base=tmp_path)
+    return T.Tracker.from_settings(T.StoreSettings(offline=True, spool_dir=str(tmp_path / "spool")), base=tmp_path)
 
 
 def test_offline_sweep_parent_and_children_live_in_the_spool(tmp_path):

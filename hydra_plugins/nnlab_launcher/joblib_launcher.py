@@ -174,7 +174,7 @@ def _no_result(overrides: list[str]) -> JobReturn:
 
 
 def _stopping() -> bool:
-    from nnlab.sweep.callback import stopping
+    from nnlab.sweep.jobs import stopping
 
     return stopping()
 

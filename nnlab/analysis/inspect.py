@@ -67,8 +67,9 @@ def open_run(client: MlflowClient, run: pd.Series) -> OpenedRun:
         cfg = OmegaConf.load(_download(client, run["run_id"], CONFIG, tmp))
         with np.load(_download(client, run["run_id"], WEIGHTS, tmp)) as npz:
             state = {k: npz[k] for k in npz.files}
-    data = load_dataset(**C.dataset_kwargs(cfg), dtype=state["W1"].dtype)
-    model = MLP.from_shape(data.n_features, data.n_classes, dtype=state["W1"].dtype, **C.model_kwargs(cfg))
+    spec = C.RunSpec.from_cfg(cfg)
+    data = load_dataset(**spec.data, dtype=state["W1"].dtype)
+    model = MLP.from_shape(data.n_features, data.n_classes, dtype=state["W1"].dtype, **spec.model)
     model.load_state_dict(state)
     return OpenedRun(run, cfg, model, data)
 

@@ -26,14 +26,9 @@ import pandas as pd
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-PARENT_TAG = "mlflow.parentRunId"
-FAILURE_TAG = "nnlab.failure"
-SWEEP_TAG = "sweep_id"
-FINGERPRINT_TAG = "nnlab.fingerprint"  # the same config run twice carries the same fingerprint
-GROUP_PARAMS = ("init", "activation", "optimizer", "dataset")
-FINAL_METRICS = ("test_loss", "test_acc", "best_val_acc", "epochs_run", "train_seconds")
-EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
-LAYER_STATS = ("grad_norm", "act_mean", "act_std", "act_saturation")
+from nnlab.record.names import (EPOCH_METRICS, FAILURE_TAG, FINAL_METRICS, FINGERPRINT_TAG, GROUP_PARAMS,  # noqa: F401
+                                LAYER_STATS, PARENT_TAG, SWEEP_TAG)
+
 RUN_COLUMNS = ("run_id", "run_name", "status", "failed", "failure", "parent_run_id", "sweep_id",
                "fingerprint", "start_time", "end_time")
 _LAYER_RE = re.compile(r"^(?P<stat>" + "|".join(LAYER_STATS) + r")/layer_(?P<layer>\d+)$")

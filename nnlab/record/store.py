@@ -35,21 +35,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from nnlab.record.names import (EXPERIMENT_KIND, FAILURE_EPOCH_TAG, FAILURE_MESSAGE_TAG, FAILURE_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG,
+                                HOST_TAG, PARENT_TAG, PID_TAG, ROLE_TAG, RUN_UID_TAG, SWEEP_TAG)
 from nnlab.record.signals import deliver, held, signal_of
 
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow 3 UI: open on training runs
 # MLflow 3.17's UI chooses its navigation (GenAI or model training) from this URL parameter, else from
 # the browser's last choice in the sidebar switch (GenAI by default); it does not read the experiment's
 # mlflow.experimentKind tag. So every link nnlab prints carries it.
 UI_WORKFLOW = "workflowType=machine_learning"
 UI_BEST_FIRST = "orderByKey=metrics.%60test_acc%60&orderByAsc=false"  # runs table sorted best first
-PARENT_TAG = "mlflow.parentRunId"
-FAILURE_TAG = "nnlab.failure"
-HOST_TAG, PID_TAG = "nnlab.host", "nnlab.pid"
-ROLE_TAG = "nnlab.role"  # "sweep" on a sweep's parent run
-RUN_UID_TAG = "nnlab.run_uid"  # nnlab's own id of a run: how nnlab.sync finds a run already (partly) in a store
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100  # MLflow's per-log_batch limits
 
 
@@ -125,7 +121,7 @@ def git_tags(here: Path = Path(__file__).resolve().parent) -> dict[str, str]:
                                capture_output=True, text=True, timeout=5)
     except (OSError, subprocess.SubprocessError):
         return {}
-    return {"mlflow.source.git.commit": commit.stdout.strip(), "nnlab.git_dirty": str(bool(dirty.stdout.strip()))}
+    return {GIT_COMMIT_TAG: commit.stdout.strip(), GIT_DIRTY_TAG: str(bool(dirty.stdout.strip()))}
 
 
 def process_tags() -> dict[str, str]:
@@ -148,11 +144,11 @@ def failure_tags(error: BaseException) -> dict[str, str]:
 
     message = (str(error).splitlines() or [""])[0][:500]
     if isinstance(error, DivergenceError):
-        return {FAILURE_TAG: "diverged", "nnlab.failure_epoch": str(error.epoch), "nnlab.failure_message": message}
+        return {FAILURE_TAG: "diverged", FAILURE_EPOCH_TAG: str(error.epoch), FAILURE_MESSAGE_TAG: message}
     signum = signal_of(error)
     if signum is not None:
-        return {FAILURE_TAG: signal.Signals(signum).name, "nnlab.failure_message": message or "interrupted"}
-    return {FAILURE_TAG: type(error).__name__, "nnlab.failure_message": message}
+        return {FAILURE_TAG: signal.Signals(signum).name, FAILURE_MESSAGE_TAG: message or "interrupted"}
+    return {FAILURE_TAG: type(error).__name__, FAILURE_MESSAGE_TAG: message}
 
 
 def end_status(error: BaseException | None) -> str:
@@ -226,20 +222,19 @@ def _reason(err: BaseException) -> str:
 
 @dataclass(frozen=True)
 class StoreSettings:
-    """How hard to try a store, and where runs go when it fails (``tracking.*`` keys)."""
+    """Where runs go and how hard to try the store (the ``tracking.*`` keys: this dataclass is their
+    one definition; nnlab.spec derives the config schema from it)."""
 
+    uri: str | None = None  # null -> $MLFLOW_TRACKING_URI -> sqlite:///mlflow.db in the directory the command runs from
+    experiment: str = "nnlab"  # the MLflow experiment runs go to
+    flush_seconds: float = 1.0  # buffered metrics reach MLflow at least this often (live UI)
+    log_weights: bool = True  # trained weights as a weights.npz artifact
     offline: bool = False  # never contact a store: every run goes to the spool (replay with nnlab.sync)
-    spool_dir: str | None = None  # None: <cwd of the command>/nnlab-spool
-    connect_timeout: float = 5.0  # seconds one HTTP request may take
+    spool_dir: str | None = None  # null -> ./nnlab-spool in the directory the command runs from
+    connect_timeout: float = 5.0  # seconds one HTTP request to a tracking server may take
     retries: int = 2  # HTTP retries of one request (connection errors, 5xx), with backoff
     retry_seconds: float = 30.0  # how long a closing run keeps retrying a failing store before spooling
-
-    @classmethod
-    def from_config(cls, tracking: Any) -> "StoreSettings":
-        get = (lambda k, d: tracking.get(k, d)) if hasattr(tracking, "get") else (lambda k, d: d)
-        return cls(offline=bool(get("offline", False)), spool_dir=get("spool_dir", None),
-                   connect_timeout=float(get("connect_timeout", 5.0)), retries=int(get("retries", 2)),
-                   retry_seconds=float(get("retry_seconds", 30.0)))
+    sweep_report: bool = True  # a sweep's report (nnlab.report) attached to its parent run
 
 
 _HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
@@ -410,8 +405,8 @@ class RunLogger:
         if self.experiment_id is None:
             self.experiment_id = self.tracker.experiment_id(self.experiment)
         tags = dict(self.tags)
-        if self.parent_id is None and tags.get("sweep_id"):
-            self.parent_id = self.tracker.sweep_parent(self.experiment_id, tags["sweep_id"])
+        if self.parent_id is None and tags.get(SWEEP_TAG):
+            self.parent_id = self.tracker.sweep_parent(self.experiment_id, tags[SWEEP_TAG])
         if self.parent_id:
             tags[PARENT_TAG] = self.parent_id
         with uninterrupted():
@@ -566,7 +561,7 @@ class RunLogger:
             tags[PARENT_TAG] = self.parent_id
         manifest = {"uid": self.uid, "experiment": self.experiment, "run_name": self.name, "status": self.status,
                     "start_time": self.start_time, "end_time": self.end_time, "parent": self.parent_id,
-                    "sweep_id": self.tags.get("sweep_id"), "reason": reason,
+                    "sweep_id": self.tags.get(SWEEP_TAG), "reason": reason,
                     "store": {"uri": redact(self.tracker.uri) if self.tracker else None,
                               "run_id": self.run_id if self.created else None},
                     "owner": owner() if self.status == "RUNNING" else None}
@@ -701,9 +696,9 @@ class Tracker:
                 raise StoreUnavailable(self.uri, _reason(err)) from err
 
     @classmethod
-    def from_config(cls, tracking: Any, base: str | Path | None = None) -> "Tracker":
-        """The store (or spool) a ``tracking`` config section names."""
-        return cls(tracking.get("uri"), base, StoreSettings.from_config(tracking))
+    def from_settings(cls, settings: StoreSettings, base: str | Path | None = None) -> "Tracker":
+        """The store (or spool) the settings name; ``base``: where a relative sqlite path or spool lives."""
+        return cls(settings.uri, base, settings)
 
     def _artifact_location(self, experiment: str) -> str | None:
         # next to the sqlite file (not in whatever directory the process runs from)
@@ -787,8 +782,8 @@ class Tracker:
         created when the store is back, or spooled at close."""
         try:
             experiment_id = self.experiment_id(experiment)
-            if parent_id is None and tags and tags.get("sweep_id"):
-                parent_id = self.sweep_parent(experiment_id, str(tags["sweep_id"]))
+            if parent_id is None and tags and tags.get(SWEEP_TAG):
+                parent_id = self.sweep_parent(experiment_id, str(tags[SWEEP_TAG]))
             return self.start_run(experiment_id, name, tags, parent_id, flush_seconds)
         except StoreUnavailable as err:
             if not spool_if_unreachable:

@@ -35,16 +35,16 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from nnlab.record import signals
+from nnlab.spec import RunSpec, run_name
+from nnlab.sweep.jobs import ENV as _ENV, ENV_PARENT, ENV_STOP_FILE, ENV_SWEEP_ID, ENV_SWEEP_KEYS, ENV_SWEEP_SIZE
 from nnlab.sweep.view import parent_run_name
-from nnlab.record.store import (FAILURE_TAG, HOST_TAG, PID_TAG, ROLE_TAG, RunLogger, StoreUnavailable, Tracker, redact,
+from nnlab.record.names import (FAILURE_EPOCH_TAG, FAILURE_MESSAGE_TAG, FAILURE_TAG, FINGERPRINT_TAG, HOST_TAG,
+                                JOBS_FAILED_TAG, JOBS_FINISHED_TAG, JOBS_NOT_RUN_TAG, JOBS_TAG, OVERRIDES_TAG, PID_TAG,
+                                POOL_RESTARTS_TAG, ROLE_TAG, SWEEP_AXES_TAG, SWEEP_DIR_TAG, SWEEP_KEY_TAG, SWEEP_ROLE,
+                                SWEEP_TAG, WORKER_EXIT_TAG, WORKER_PID_TAG)
+from nnlab.record.store import (RunLogger, StoreUnavailable, Tracker, redact,
                             resolve_uri)
 
-ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE = "NNLAB_PARENT_RUN_ID", "NNLAB_SWEEP_ID", "NNLAB_SWEEP_SIZE"
-ENV_SWEEP_KEYS = "NNLAB_SWEEP_KEYS"  # the keys the sweep varies (they go into the run names)
-ENV_STOP_FILE = "NNLAB_STOP_FILE"  # exists once the sweep is stopping: jobs not yet started do not start
-_ENV = (ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE, ENV_SWEEP_KEYS, ENV_STOP_FILE)
-FINGERPRINT_TAG = "nnlab.fingerprint"
-SWEEP_KEY_TAG = "nnlab.sweep_key"  # the same grid has the same key: how resume finds its parent
 WORKER_GRACE_SECONDS = 10.0  # after a signal, how long workers get to close their runs
 
 # override lists of the jobs the sweeper must not launch (finished in an earlier attempt); read by
@@ -63,12 +63,15 @@ class SweepAborted(RuntimeError):
 
 @dataclass
 class Plan:
-    """Every job of a grid: its overrides, validated config and fingerprint; the keys it varies."""
+    """Every job of a grid: its overrides and its run spec (parsed and validated); the keys it varies."""
 
     jobs: list[list[str]]
-    configs: list[DictConfig]
+    specs: list[RunSpec]
     axes: list[str]
-    fingerprints: list[str]
+
+    @property
+    def fingerprints(self) -> list[str]:
+        return [spec.fingerprint for spec in self.specs]
 
     @property
     def key(self) -> str:
@@ -156,15 +159,15 @@ class SweepCallback(Callback):
         from hydra.errors import HydraException
 
         try:
-            self.plan = _checked_plan(config)
+            self.plan, base = _checked_plan(config)
         except HydraException:
             return False  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
         from nnlab.sweep.workers import prestart, uses_joblib
 
         self._joblib = uses_joblib(config)
-        self._report = bool(OmegaConf.select(config, "tracking.sweep_report", default=True))
-        _check_data(self.plan.configs if self.plan is not None else [config], load=not self._joblib)
-        self._open_experiment(config)
+        self.store = base.store  # one store and experiment per sweep (spec.sweep_jobs refuses more)
+        _check_data(self.plan.specs if self.plan is not None else [base], load=not self._joblib)
+        self._open_experiment()
         sweep_id, parent_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}", None
         if self.plan is not None:
             parent_id, sweep_id = self._plan_jobs(config, sweep_id)
@@ -176,30 +179,30 @@ class SweepCallback(Callback):
         os.environ.update({ENV_SWEEP_ID: sweep_id, ENV_SWEEP_KEYS: ",".join(axes), ENV_SWEEP_SIZE: size,
                            ENV_STOP_FILE: str(self._stop_file)})
         self._warming = prestart(config)  # joblib workers start and import while the parent run opens
-        tags = {"sweep_id": sweep_id, ROLE_TAG: "sweep", "overrides": " ".join(config.hydra.overrides.task),
-                "nnlab.sweep_axes": " ".join(axes), "nnlab.sweep_dir": str(self.sweep_dir),
-                "nnlab.jobs": str(len(self.plan.jobs)) if self.plan is not None else "?"}
+        tags = {SWEEP_TAG: sweep_id, ROLE_TAG: SWEEP_ROLE, OVERRIDES_TAG: " ".join(config.hydra.overrides.task),
+                SWEEP_AXES_TAG: " ".join(axes), SWEEP_DIR_TAG: str(self.sweep_dir),
+                JOBS_TAG: str(len(self.plan.jobs)) if self.plan is not None else "?"}
         if self.plan is not None:
             tags[SWEEP_KEY_TAG] = self.plan.key
         if parent_id is not None:
             self.parent = self.tracker.reopen(parent_id)
-            self.parent.set_tags({k: v for k, v in tags.items() if k != "sweep_id"})
+            self.parent.set_tags({k: v for k, v in tags.items() if k != SWEEP_TAG})
         else:
-            name = parent_run_name(config.tracking.experiment, axes, time.time(), sweep_id)
+            name = parent_run_name(self.store.experiment, axes, time.time(), sweep_id)
             self.parent = self.tracker.start_run(self.experiment_id, name, tags)
         self.parent.flush()
         os.environ[ENV_PARENT] = self.parent.run_id  # in-process jobs; prestarted workers look it up
         return True
 
-    def _open_experiment(self, config: DictConfig) -> None:
+    def _open_experiment(self) -> None:
         """Create the store and the experiment here, before any worker exists (or exit with one line)."""
         try:
-            self.tracker = Tracker.from_config(config.tracking)
-            self.experiment_id = self.tracker.experiment_id(config.tracking.experiment)
+            self.tracker = Tracker.from_settings(self.store)
+            self.experiment_id = self.tracker.experiment_id(self.store.experiment)
         except StoreUnavailable as err:
             _refuse(str(err))
         except Exception as err:
-            _refuse(f"cannot use the MLflow store {redact(resolve_uri(config.tracking.uri))}: "
+            _refuse(f"cannot use the MLflow store {redact(resolve_uri(self.store.uri))}: "
                     f"{type(err).__name__}: {_first_line(err)}")
 
     def _plan_jobs(self, config: DictConfig, sweep_id: str) -> tuple[str | None, str]:
@@ -220,7 +223,7 @@ class SweepCallback(Callback):
             previous = self.tracker.search(self.experiment_id, f"tags.`{SWEEP_KEY_TAG}` = '{plan.key}'", max_results=1)
             if previous:
                 parent_id = previous[0].info.run_id
-                sweep_id = previous[0].data.tags.get("sweep_id", sweep_id)
+                sweep_id = previous[0].data.tags.get(SWEEP_TAG, sweep_id)
             stale = mark_stale(self.tracker, self.experiment_id, keep={parent_id})
             SKIPPED.update(tuple(plan.jobs[i]) for i in finished)
             self.done_before = {plan.fingerprints[i] for i in finished}
@@ -275,14 +278,14 @@ class SweepCallback(Callback):
             run_id = mine[0] if mine else self._unstarted_run(overrides, fp)
             blamed.add(run_id)
             logger = RunLogger(self.tracker.client, run_id)
-            logger.set_tags({"nnlab.worker_exit": why, "nnlab.worker_pid": pid,
-                             "nnlab.failure_message": f"its joblib worker (pid {pid}) died: {why}"})
+            logger.set_tags({WORKER_EXIT_TAG: why, WORKER_PID_TAG: pid,
+                             FAILURE_MESSAGE_TAG: f"its joblib worker (pid {pid}) died: {why}"})
             logger.flush()
             self.tracker.mark_ended(run_id, "FAILED", "worker_died")
         requeued = [r for r in running if r.info.run_id not in blamed]
         for run in requeued:
             logger = RunLogger(self.tracker.client, run.info.run_id)
-            logger.set_tags({"nnlab.failure_message": "its worker was killed when another worker died; "
+            logger.set_tags({FAILURE_MESSAGE_TAG: "its worker was killed when another worker died; "
                                                       "the job was run again"})
             logger.flush()
             self.tracker.mark_ended(run.info.run_id, "KILLED", "requeued")
@@ -297,11 +300,9 @@ class SweepCallback(Callback):
 
     def _unstarted_run(self, overrides: list[str], fp: str | None) -> str:
         """A run for a job whose worker died before the job created one (so the failure is on record)."""
-        from nnlab.spec import run_name
-
-        cfg = self.plan.configs[[tuple(j) for j in self.plan.jobs].index(tuple(overrides))] if fp else None
-        name = run_name(cfg, overrides, self.plan.axes) if cfg is not None else " ".join(overrides)
-        tags = {"overrides": " ".join(overrides), "sweep_id": os.environ.get(ENV_SWEEP_ID, "")}
+        spec = self.plan.specs[[tuple(j) for j in self.plan.jobs].index(tuple(overrides))] if fp else None
+        name = run_name(spec.tree, overrides, self.plan.axes) if spec is not None else " ".join(overrides)
+        tags = {OVERRIDES_TAG: " ".join(overrides), SWEEP_TAG: os.environ.get(ENV_SWEEP_ID, "")}
         if fp is not None:
             tags[FINGERPRINT_TAG] = fp
         return self.tracker.start_run(self.experiment_id, name, tags, self.parent.run_id).run_id
@@ -365,13 +366,13 @@ class SweepCallback(Callback):
                 run.info._status = "KILLED" if reason else "FAILED"
         summary = summarize(children, self.plan.fingerprints if self.plan else None, aborted is not None,
                             self.done_before)
-        self.parent.set_tags({"nnlab.jobs_finished": summary.finished, "nnlab.jobs_failed": summary.failed,
-                              "nnlab.jobs_not_run": summary.not_run if aborted else 0,
-                              "nnlab.worker_pool_restarts": len(self.worker_events)})
+        self.parent.set_tags({JOBS_FINISHED_TAG: summary.finished, JOBS_FAILED_TAG: summary.failed,
+                              JOBS_NOT_RUN_TAG: summary.not_run if aborted else 0,
+                              POOL_RESTARTS_TAG: len(self.worker_events)})
         self._log_summary(summary)
         if self.sweep_dir is not None:
             self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
-            if self._report and aborted is None and summary.finished_runs and not self.tracker.offline:
+            if self.store.sweep_report and aborted is None and summary.finished_runs and not self.tracker.offline:
                 self._attach_report()
         error = aborted if aborted is not None else (
             JobsFailed(f"{summary.failed} of {summary.total} jobs failed") if summary.failed else None)
@@ -423,12 +424,6 @@ def abort_active(error: BaseException | None) -> bool:
         return False
     _ACTIVE.abort(error)
     return True
-
-
-def stopping() -> bool:
-    """Whether this process's sweep is being stopped by a signal (no new job may start)."""
-    path = os.environ.get(ENV_STOP_FILE)
-    return bool(path) and Path(path).exists()
 
 
 def worker_lost(victims: dict[int, tuple[list[str], int, str]], others: dict[int, list[str]],
@@ -535,9 +530,9 @@ class Summary:
             tags = run.data.tags
             why = tags.get(FAILURE_TAG, "interrupted")
             if why == "diverged":
-                why += f" at epoch {tags.get('nnlab.failure_epoch', '?')}"
+                why += f" at epoch {tags.get(FAILURE_EPOCH_TAG, '?')}"
             elif why == "worker_died":
-                why += f" (worker pid {tags.get('nnlab.worker_pid', '?')}: {tags.get('nnlab.worker_exit', '?')})"
+                why += f" (worker pid {tags.get(WORKER_PID_TAG, '?')}: {tags.get(WORKER_EXIT_TAG, '?')})"
             lines.append(f"  {run.info.status} {run.info.run_name}: {why}")
         unknown = sum(r is None for r in self.failed_runs)
         if unknown:
@@ -573,35 +568,34 @@ def summarize(children: list, fingerprints: list[str] | None, aborted: bool = Fa
 
 
 # --- checks before any run exists ----------------------------------------------------------------
-def _checked_plan(config: DictConfig) -> Plan | None:
-    """Every job of the grid, validated (exits 2 with one line on a refused config); None for
-    sweepers other than the grid."""
-    from nnlab.spec import ConfigError, check_added_keys, fingerprint, sweep_jobs, validate, varying_keys
+def _checked_plan(config: DictConfig) -> tuple[Plan | None, RunSpec]:
+    """Every job of the grid as a run spec (exits 2 with one line on a refused config), and the spec
+    the sweep's store and experiment come from; no plan for sweepers other than the grid (each of
+    their jobs is checked when it starts, the keys no sweep changes here)."""
+    from nnlab.spec import ConfigError, check_added_keys, sweep_jobs, varying_keys
 
     try:
         check_added_keys(config.hydra.overrides.task)
         plan = sweep_jobs(config)
         if plan is None:
-            validate(config)  # at least the keys no sweep changes (each job validates itself too)
-            return None
+            return None, RunSpec.from_cfg(config)
+        jobs, specs = plan
     except ConfigError as err:
         _refuse(str(err))
-    jobs, configs = plan
-    return Plan(jobs, configs, varying_keys(jobs), [fingerprint(c) for c in configs])
+    return Plan(jobs, specs, varying_keys(jobs)), specs[0]
 
 
-def _check_data(configs: list[DictConfig], load: bool) -> None:
+def _check_data(specs: list[RunSpec], load: bool) -> None:
     """Every dataset the sweep uses is there, before any run exists (else one line and exit 2).
 
     ``load``: in-process jobs share this process's dataset cache, so load (and split) each dataset
     here, once; parallel workers load their own, so only check the files (no scikit-learn import).
     """
-    from nnlab.spec import dataset_kwargs
     from nnlab.data import check_dataset, load_shared
 
     seen: set[tuple] = set()
-    for cfg in configs:
-        kwargs = dataset_kwargs(cfg)
+    for spec in specs:
+        kwargs = dict(spec.data)
         key = tuple(sorted((k, str(v)) for k, v in kwargs.items()))
         if key in seen:
             continue
@@ -610,30 +604,3 @@ def _check_data(configs: list[DictConfig], load: bool) -> None:
             (load_shared if load else check_dataset)(**kwargs)
         except Exception as err:  # a missing file, a truncated .npz, a file that is not what it claims
             _refuse(f"dataset={kwargs['name']} cannot be loaded: {(str(err).splitlines() or [type(err).__name__])[0]}")
-
-
-# --- what a job knows --------------------------------------------------------------------------
-def job_context() -> dict[str, Any]:
-    """What Hydra and the sweep know about the current job (empty when ``train`` runs without Hydra)."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    multirun = hc.mode == RunMode.MULTIRUN
-    output = Path(hc.runtime.output_dir) / hc.output_subdir if hc.output_subdir else None
-    return {
-        "cwd": hc.runtime.cwd,  # where the command ran: ./mlflow.db is there even with hydra.job.chdir=True
-        "choices": OmegaConf.to_container(hc.runtime.choices),
-        "overrides": list(hc.overrides.task),
-        "multirun": multirun,
-        "job_num": int(hc.job.num) if multirun else 0,
-        "launcher": str(OmegaConf.select(hc, "launcher._target_", default="")),
-        "hydra_dir": output,
-        "parent_id": os.environ.get(ENV_PARENT) if multirun else None,
-        "sweep_id": os.environ.get(ENV_SWEEP_ID) if multirun else None,
-        "sweep_size": os.environ.get(ENV_SWEEP_SIZE, "?") if multirun else "1",
-        "varying": [k for k in os.environ.get(ENV_SWEEP_KEYS, "").split(",") if k] if multirun else [],
-        "stop_file": os.environ.get(ENV_STOP_FILE) if multirun else None,
-    }

@@ -17,11 +17,9 @@ from typing import Any, Iterable, Mapping, Sequence
 
 AXIS_SEPARATOR = "×"
 MAX_AXES_SHOWN = 4  # beyond this the name would be cut off in the runs table: "+N more"
-SUMMARY_METRIC = "test_acc"
 # names of what parent_summary returns (also the parent run's record: metrics and tags)
-JOBS_FINISHED, JOBS_FAILED, SWEEP_SECONDS = "sweep/jobs_finished", "sweep/jobs_failed", "sweep/seconds"
-BEST_METRIC = f"sweep/best_{SUMMARY_METRIC}"
-BEST_RUN_TAG, BEST_RUN_ID_TAG = "nnlab.best_run", "nnlab.best_run_id"
+from nnlab.record.names import (BEST_METRIC, BEST_RUN_ID_TAG, BEST_RUN_TAG, JOBS_FAILED, JOBS_FINISHED,  # noqa: E402,F401
+                                SUMMARY_METRIC, SWEEP_SECONDS)
 
 
 def _axis_label(key: str) -> str:
