@@ -19,8 +19,7 @@ from typing import Any
 
 from nnlab.record.spool import DEFAULT_DIR, SpooledRun, read_spool
 from nnlab.record.names import FAILURE_TAG, PARENT_TAG, ROLE_TAG, RUN_UID_TAG, SWEEP_ROLE
-from nnlab.record.store import (StoreUnavailable, Tracker, redact,
-                            uninterrupted)
+from nnlab.record.store import StoreUnavailable, Tracker, redact  # tracker.client guards every call
 
 _BATCH = 1000  # MLflow's metric points per log_batch
 
@@ -85,9 +84,8 @@ def sync_run(tracker: Tracker, run: SpooledRun, synced: dict[str, str]) -> Outco
     existing = _find(tracker, experiment_id, RUN_UID_TAG, run.uid)
     changed = existing is None
     if existing is None:
-        with uninterrupted():
-            created = client.create_run(experiment_id, start_time=run.manifest.get("start_time"),
-                                        run_name=run.manifest.get("run_name"), tags=tags)
+        created = client.create_run(experiment_id, start_time=run.manifest.get("start_time"),
+                                    run_name=run.manifest.get("run_name"), tags=tags)
         run_id, have_params, have_tags, have_points = created.info.run_id, {}, dict(tags), set()
     else:
         run_id = existing.info.run_id
@@ -101,8 +99,7 @@ def sync_run(tracker: Tracker, run: SpooledRun, synced: dict[str, str]) -> Outco
     points = [Metric(k, v, t, s) for k, v, t, s in run.metrics if (k, s, t) not in have_points]
     changed |= bool(params or new_tags or points)
     while params or new_tags or points:
-        with uninterrupted():
-            client.log_batch(run_id, metrics=points[:_BATCH], params=params[:100], tags=new_tags[:100])
+        client.log_batch(run_id, metrics=points[:_BATCH], params=params[:100], tags=new_tags[:100])
         points, params, new_tags = points[_BATCH:], params[100:], new_tags[100:]
     if FAILURE_TAG in have_tags and FAILURE_TAG not in tags:  # "not_recorded": it is recorded now
         client.delete_tag(run_id, FAILURE_TAG)
@@ -110,8 +107,7 @@ def sync_run(tracker: Tracker, run: SpooledRun, synced: dict[str, str]) -> Outco
     changed |= _sync_artifacts(client, run_id, run)
     info = client.get_run(run_id).info
     if info.status != status or info.end_time != run.manifest.get("end_time"):
-        with uninterrupted():
-            client.set_terminated(run_id, status=status, end_time=run.manifest.get("end_time"))
+        client.set_terminated(run_id, status=status, end_time=run.manifest.get("end_time"))
         changed = True
     synced[run.uid] = run_id
     return Outcome(run.uid, run_id, "created" if existing is None else ("completed" if changed else "unchanged"))
@@ -132,8 +128,7 @@ def _sync_artifacts(client: Any, run_id: str, run: SpooledRun) -> bool:
     missing = [(path, rel) for path, rel in files if rel not in have]
     for path, rel in missing:
         folder = rel.rsplit("/", 1)[0] if "/" in rel else None
-        with uninterrupted():
-            client.log_artifact(run_id, str(path), folder)
+        client.log_artifact(run_id, str(path), folder)
     return bool(missing)
 
 

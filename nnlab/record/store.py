@@ -321,10 +321,11 @@ class RunLogger:
         # the whole record (for the spool) and what the store has not received yet
         self.params: dict[str, str] = {}
         self.tags: dict[str, str] = dict(tags or {})
-        self.metrics: list[tuple[str, float, int, int]] = []
-        self._metrics: list = []
-        self._params: list = []
-        self._tags: list = []
+        self.metrics: list[tuple[str, float, int, int]] = []  # (key, value, timestamp ms, step)
+        # what the store has not received yet, as positions in the record above (kept once)
+        self._metrics_sent = 0
+        self._params_unsent: list[str] = []
+        self._tags_unsent: list[str] = []
         self._last_flush = time.monotonic()
         self.healthy = True
         self._delay, self._next_try = 0.0, 0.0
@@ -337,27 +338,19 @@ class RunLogger:
         return self.tracker is not None and self.tracker.offline
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
         items = {k: str(v) for k, v in params.items()}
         self.params.update(items)
-        self._params.extend(Param(k, v) for k, v in items.items())
+        self._params_unsent.extend(items)
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
         items = {k: str(v) for k, v in tags.items()}
         self.tags.update(items)
-        self._tags.extend(RunTag(k, v) for k, v in items.items())
+        self._tags_unsent.extend(items)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Buffer one step's metrics; send the buffers when ``flush_seconds`` have passed."""
-        from mlflow.entities import Metric
-
-        now = _now_ms()
-        for k, v in metrics.items():
-            self.metrics.append((k, float(v), now, int(step)))
-            self._metrics.append(Metric(k, float(v), now, int(step)))
+        now, step = _now_ms(), int(step)
+        self.metrics.extend((k, float(v), now, step) for k, v in metrics.items())
         if time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
@@ -377,11 +370,12 @@ class RunLogger:
             with _single_attempt(not self.healthy), _quiet_store():
                 if not self.created:
                     self._create()
-                while self._metrics or self._params or self._tags:
-                    metrics, params, tags = self._metrics[:_MAX_METRICS], self._params[:_MAX_PARAMS], self._tags[:_MAX_TAGS]
+                while self._metrics_sent < len(self.metrics) or self._params_unsent or self._tags_unsent:
+                    metrics, params, tags = self._next_batch()
                     with uninterrupted():  # a held Ctrl-C is delivered after the buffers know what was sent
                         self.client.log_batch(self.run_id, metrics=metrics, params=params, tags=tags)
-                        del self._metrics[:len(metrics)], self._params[:len(params)], self._tags[:len(tags)]
+                        self._metrics_sent += len(metrics)
+                        del self._params_unsent[:self._params_taken], self._tags_unsent[:self._tags_taken]
         except Exception as err:  # unreachable, full, read-only, locked: keep everything and go on
             self._failed(err)
             return False
@@ -390,6 +384,17 @@ class RunLogger:
                   f"run {self.name} is up to date")
         self.healthy, self._delay = True, 0.0
         return True
+
+    def _next_batch(self) -> tuple[list, list, list]:
+        """The next ``log_batch``'s entities (within MLflow's limits), from the unsent part of the record."""
+        from mlflow.entities import Metric, Param, RunTag
+
+        start = self._metrics_sent
+        metrics = [Metric(k, v, t, s) for k, v, t, s in self.metrics[start:start + _MAX_METRICS]]
+        params_keys = list(dict.fromkeys(self._params_unsent[:_MAX_PARAMS]))  # a key set twice: its last value
+        tags_keys = list(dict.fromkeys(self._tags_unsent[:_MAX_TAGS]))
+        self._params_taken, self._tags_taken = min(len(self._params_unsent), _MAX_PARAMS), min(len(self._tags_unsent), _MAX_TAGS)
+        return (metrics, [Param(k, self.params[k]) for k in params_keys], [RunTag(k, self.tags[k]) for k in tags_keys])
 
     def _failed(self, err: BaseException) -> None:
         if self.healthy:
@@ -412,7 +417,7 @@ class RunLogger:
         with uninterrupted():
             run = self.client.create_run(self.experiment_id, start_time=self.start_time, run_name=self.name, tags=tags)
             self.run_id, self.created = run.info.run_id, True
-            self._tags = [t for t in self._tags if t.key not in tags]  # sent with the run
+            self._tags_unsent = [k for k in self._tags_unsent if k not in tags]  # sent with the run
 
     def log_inputs(self, datasets: list) -> None:
         """Record ``mlflow.entities.DatasetInput``s (see :func:`dataset_inputs`): the runs table's
@@ -421,7 +426,7 @@ class RunLogger:
         if self.offline or not self.created or not self.healthy:
             return
         try:
-            with uninterrupted(), _quiet_store():
+            with _quiet_store():
                 self.client.log_inputs(self.run_id, datasets=datasets)
         except Exception as err:
             _warn(f"run {self.name}: its dataset inputs were not recorded ({_reason(err)})")
@@ -434,11 +439,10 @@ class RunLogger:
             return
         if not self.offline and self.healthy and self.created:
             try:
-                with uninterrupted():
-                    if path.is_dir():
-                        self.client.log_artifacts(self.run_id, str(path), artifact_path)
-                    else:
-                        self.client.log_artifact(self.run_id, str(path), artifact_path)
+                if path.is_dir():
+                    self.client.log_artifacts(self.run_id, str(path), artifact_path)
+                else:
+                    self.client.log_artifact(self.run_id, str(path), artifact_path)
                 return
             except Exception as err:
                 self._failed(err)
@@ -501,7 +505,7 @@ class RunLogger:
             return True
         folder = self._spool_writer().artifacts_dir()
         try:
-            with uninterrupted(), _quiet_store():
+            with _quiet_store():
                 self.client.log_artifacts(self.run_id, str(folder))
         except Exception as err:
             self._failed(err)
@@ -515,7 +519,7 @@ class RunLogger:
 
     def _terminate(self) -> bool:
         try:
-            with uninterrupted(), _single_attempt(not self.healthy), _quiet_store():
+            with _single_attempt(not self.healthy), _quiet_store():
                 self.client.set_terminated(self.run_id, status=self.status, end_time=self.end_time)
         except Exception as err:
             self._failed(err)
@@ -536,7 +540,7 @@ class RunLogger:
             for write in (lambda: self.client.set_tag(self.run_id, FAILURE_TAG, "not_recorded"),
                           lambda: self.client.set_terminated(self.run_id, status="FAILED")):
                 try:
-                    with uninterrupted(), _single_attempt(True), _quiet_store():
+                    with _single_attempt(True), _quiet_store():
                         write()
                 except Exception:
                     pass
@@ -571,8 +575,6 @@ class RunLogger:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc is not None:
-            exc.nnlab_run_id = self.run_id  # the run existed (and is now closed): for the one-line report
         self.close(exc)
         return False
 
@@ -640,7 +642,8 @@ def _client(uri: str) -> Any:
 
 class GuardedClient:
     """An ``MlflowClient`` whose every call -- reads included -- finishes before SIGINT/SIGTERM is
-    acted on (``uninterrupted``): an interrupt inside any SQLAlchemy transaction on a sqlite store,
+    acted on (``uninterrupted``), the one place the guard is applied to a single call (elsewhere
+    ``uninterrupted`` only makes a few calls and their bookkeeping one step): an interrupt inside any SQLAlchemy transaction on a sqlite store,
     not only a write's, can leave the connection holding a lock that the run's closing writes then
     wait on, and fail. Each call is bounded (sqlite's busy timeout, ``tracking.connect_timeout``)."""
 
@@ -731,8 +734,7 @@ class Tracker:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                with uninterrupted():
-                    return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
+                return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
                                                          tags=dict([EXPERIMENT_KIND]))
             except MlflowException as err:  # another process created it in between
                 experiment = self.client.get_experiment_by_name(name)
@@ -767,8 +769,7 @@ class Tracker:
             return run
         created = dict(tags, **({PARENT_TAG: parent_id} if parent_id else {}))
         try:
-            with uninterrupted():
-                run = self.client.create_run(experiment_id, run_name=name, tags=created)
+            run = self.client.create_run(experiment_id, run_name=name, tags=created)
         except Exception as err:
             raise StoreUnavailable(self.uri, _reason(err)) from err
         return RunLogger(self.client, run.info.run_id, flush_seconds, tags=tags, parent_id=parent_id, **common)
@@ -844,10 +845,11 @@ class Tracker:
                          experiment=experiment, name=run.info.run_name, tags=run.data.tags,
                          uid=run.data.tags.get(RUN_UID_TAG))
 
-    def mark_ended(self, run_id: str, status: str, reason: str) -> None:
-        """Close a run some other process left RUNNING: ``status`` (KILLED/FAILED) and the reason tag."""
+    def mark_ended(self, run_id: str, status: str, reason: str, tags: Mapping[str, Any] | None = None) -> None:
+        """Close a run some other process left RUNNING: ``status`` (KILLED/FAILED), the reason tag and
+        any further ``tags``, in one step."""
         with uninterrupted():
-            self.client.set_tag(run_id, FAILURE_TAG, reason)
+            self.client.log_batch(run_id, tags=[_tag(k, v) for k, v in {**(tags or {}), FAILURE_TAG: reason}.items()])
             self.client.set_terminated(run_id, status=status)
 
     def where(self, experiment_id: str) -> str:

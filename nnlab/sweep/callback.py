@@ -260,8 +260,6 @@ class SweepCallback(Callback):
         """Record a broken worker pool: each victim job (number -> (overrides, worker pid, exit
         reason)) FAILED ``worker_died``; every other RUNNING child (its worker killed by the pool)
         KILLED ``requeued``. Returns the jobs among ``others`` that already have a FINISHED run."""
-        from nnlab.record.store import RunLogger
-
         plan = self.plan
         index = {tuple(job): i for i, job in enumerate(plan.jobs)} if plan is not None else {}
         fp_of = lambda overrides: plan.fingerprints[index[tuple(overrides)]] if tuple(overrides) in index else None
@@ -277,18 +275,12 @@ class SweepCallback(Callback):
                     and (fp is None or r.data.tags.get(FINGERPRINT_TAG) == fp)]
             run_id = mine[0] if mine else self._unstarted_run(overrides, fp)
             blamed.add(run_id)
-            logger = RunLogger(self.tracker.client, run_id)
-            logger.set_tags({WORKER_EXIT_TAG: why, WORKER_PID_TAG: pid,
-                             FAILURE_MESSAGE_TAG: f"its joblib worker (pid {pid}) died: {why}"})
-            logger.flush()
-            self.tracker.mark_ended(run_id, "FAILED", "worker_died")
+            self.tracker.mark_ended(run_id, "FAILED", "worker_died", {
+                WORKER_EXIT_TAG: why, WORKER_PID_TAG: pid, FAILURE_MESSAGE_TAG: f"its joblib worker (pid {pid}) died: {why}"})
         requeued = [r for r in running if r.info.run_id not in blamed]
         for run in requeued:
-            logger = RunLogger(self.tracker.client, run.info.run_id)
-            logger.set_tags({FAILURE_MESSAGE_TAG: "its worker was killed when another worker died; "
-                                                      "the job was run again"})
-            logger.flush()
-            self.tracker.mark_ended(run.info.run_id, "KILLED", "requeued")
+            self.tracker.mark_ended(run.info.run_id, "KILLED", "requeued", {
+                FAILURE_MESSAGE_TAG: "its worker was killed when another worker died; the job was run again"})
         done = [i for i, overrides in others.items() if fp_of(overrides) in finished]
         workers = ", ".join(f"pid {pid} ({why})" for pid, why in sorted(dead.items())) or "unknown"
         event = (f"joblib worker(s) died: {workers}; {len(blamed)} job(s) FAILED worker_died, "
