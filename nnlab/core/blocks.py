@@ -38,7 +38,8 @@ class Block:
         for p in (self.gate, self.dgate, self.shift, self.dshift):
             if p is not None:
                 p[...] = 0
-        self.h = self.grad_out = self.grad_u = None  # input, dL/d(output) and dL/du of the last passes
+        self.h = self.out = None  # input and output of the last forward pass
+        self.grad_out = self.grad_u = None  # dL/d(output) and dL/du of the last backward pass
         self._work = WorkArrays(dense.W.dtype)
 
     @property
@@ -56,9 +57,11 @@ class Block:
             u = np.add(u, self.shift, out=self._work.get("u", u.shape))
         a = self.dense.forward(u)                                             # phi(W u + b): (N, n)
         if not self.residual:
+            self.out = a
             return a
         out = np.multiply(a, self.gate if self.gate is not None else self.scale, out=self._work.get("out", a.shape))
         out += h                                                              # the skip
+        self.out = out
         return out
 
     def backward(self, grad_out: Array, input_grad: bool = True) -> Array:

@@ -196,7 +196,8 @@ class MLP(Module):
         return cls([n_in, *hidden_sizes(depth, width), n_out], **kwargs)
 
     def empty_like(self, dtype=None) -> "MLP":
-        """A network of the same architecture with zero parameters (copy them in through ``flat_params``)."""
+        """A network of the same architecture with zero weights (the other parameters at their initial values;
+        copy parameters in through ``flat_params``): what ``instruments`` builds its float64 copy from."""
         return MLP(self.sizes, self.activation, init=_zeros, dtype=self.dtype if dtype is None else dtype,
                    **self.architecture)
 
