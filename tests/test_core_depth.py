@@ -316,6 +316,10 @@ def test_lsuv_stops_after_max_passes_and_refuses_a_dead_layer():
         lsuv(MLP.from_shape(16, 4, 3, 16, init="lsuv", seed=0), np.zeros((8, 16)))
     with pytest.raises(ValueError, match=r"lsuv tol must be a number in \(0, 1\), got 2"):
         lsuv(model, x, tol=2)
+    # the config's init group can carry LSUV's settings: they reach lsuv(), not the orthogonal draw
+    configured = MLP.from_shape(16, 4, 3, 16, init="lsuv", init_params={"tol": 1e-12, "max_passes": 2, "gain": 1.0},
+                                seed=0)
+    assert lsuv(configured, x)["passes"] == [2, 2, 2, 2]
 
 
 # --- measurements -----------------------------------------------------------------------------------

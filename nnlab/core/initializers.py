@@ -157,19 +157,23 @@ def fixup(model) -> None:
     model.readout.b[...] = 0
 
 
-def lsuv(model, x: np.ndarray, tol: float = 0.1, max_passes: int = 10) -> dict:
+def lsuv(model, x: np.ndarray, tol: float | None = None, max_passes: int | None = None) -> dict:
     """Layer-sequential unit variance (Mishkin & Matas 2016) on one batch ``x`` (N, n_in), in place.
 
     From the first weight layer to the readout, in order: measure the variance of the layer's output
     z = W u + b (before the activation; pooled over the batch's samples and units) and divide W by sqrt(Var)
     until |Var - 1| < ``tol``, at most ``max_passes`` rescalings per layer. Earlier layers are fixed when a
     layer is treated, so only that layer is re-run. The weights are expected orthogonal (``MLP(init="lsuv")``).
+    ``tol`` and ``max_passes`` default to the model's ``init_params`` (``model.lsuv_options``), else 0.1 and 10.
 
     Returns what the record needs: ``{"batch_size": N, "tol", "max_passes", "passes": [rescalings of layer
     1..depth+1], "variance": [final Var of layer 1..depth+1], "converged": every |Var - 1| < tol}``.
     Raises ValueError when a layer's output has zero or non-finite variance (nothing to rescale).
     """
-    if not (isinstance(tol, (int, float)) and 0 < tol < 1):
+    options = getattr(model, "lsuv_options", {})
+    tol = options.get("tol", 0.1) if tol is None else tol
+    max_passes = options.get("max_passes", 10) if max_passes is None else max_passes
+    if isinstance(tol, bool) or not (isinstance(tol, (int, float)) and 0 < tol < 1):
         raise ValueError(f"lsuv tol must be a number in (0, 1), got {tol!r}")
     if isinstance(max_passes, bool) or not isinstance(max_passes, (int, np.integer)) or max_passes < 1:
         raise ValueError(f"lsuv max_passes must be an integer >= 1, got {max_passes!r}")

@@ -117,8 +117,9 @@ class MLP(Module):
       first: ``h + alpha * phi(W LN(h) + b)`` in a residual net, ``phi(W LN(h) + b)`` in a plain one. The
       first hidden layer's input is the data, whose scaling is the dataset's business; the readout is
       unchanged.
-    - ``init="fixup"`` (residual nets only; turns on the gate and the shift) and ``init="lsuv"`` (orthogonal
-      weights here; call ``nnlab.core.lsuv(model, x_batch)`` before training): see ``initializers``.
+    - ``init="fixup"`` (residual nets only; turns on the gate and the shift; ``init_params`` as He's) and
+      ``init="lsuv"`` (orthogonal weights here; call ``nnlab.core.lsuv(model, x_batch)`` before training;
+      ``init_params`` may hold its ``tol`` and ``max_passes``, and orthogonal's ``gain``): see ``initializers``.
 
     ``params`` is ``[W1, b1, ..., W_L, b_L]`` followed by each hidden layer's own parameters (LayerNorm gain
     and bias, gate, shift; layer 2 first), and ``grads()`` is aligned with it. Every parameter is a view into
@@ -146,9 +147,13 @@ class MLP(Module):
             branch_gate, branch_shift = True, True
         self.architecture = _architecture(sizes, residual, branch_scale, branch_gate, branch_shift, norm, init)
         self.activation = get_activation(activation, **(activation_params or {}))
+        init_params = dict(init_params or {})
+        # LSUV's own settings ride along in init_params (the config's init group) until lsuv() uses them
+        self.lsuv_options = {k: init_params.pop(k) for k in ("tol", "max_passes") if k in init_params} \
+            if init == "lsuv" else {}
         base = MODEL_INITIALIZERS.get(init, init) if isinstance(init, str) else init
-        init_fn = get_initializer(base, **(init_params or {}))
-        bias_fn = get_bias_initializer(base, **(init_params or {}))
+        init_fn = get_initializer(base, **init_params)
+        bias_fn = get_bias_initializer(base, **init_params)
         identity = get_activation("identity")
         depth = len(sizes) - 2
         extra = _extra_shapes(sizes, self.architecture)  # (hidden layer i, name, shape) of the layers' own params
