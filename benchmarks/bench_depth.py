@@ -61,7 +61,8 @@ def bare_params(model: MLP) -> dict[str, list[np.ndarray]]:
     """The model's parameters as plain lists of arrays (copies): what a hand-written loop would keep."""
     s = model.state_dict()
     depth = model.depth
-    return {"W": [s[f"W{i}"].copy() for i in range(1, depth + 2)], "b": [s[f"b{i}"].copy() for i in range(1, depth + 2)],
+    return {"W": [s[f"W{i}"].copy() for i in range(1, depth + 2)],
+            "b": [s[f"b{i}"].copy() for i in range(1, depth + 2)],
             "gain": [s[f"ln_gain{i}"].copy() for i in range(2, depth + 1) if f"ln_gain{i}" in s],
             "beta": [s[f"ln_bias{i}"].copy() for i in range(2, depth + 1) if f"ln_bias{i}" in s],
             "gate": [s[f"gate{i}"].copy() for i in range(2, depth + 1) if f"gate{i}" in s]}
@@ -177,7 +178,8 @@ def main() -> None:
                 # inf/NaN arithmetic runs at another speed: a diverged run would time something else
                 assert finite, f"{key} diverged: lower LR"
     print(f"depth {args.depth}, width {args.width}, ReLU, residual (alpha = 1/sqrt({args.depth})), {N_IN} inputs, "
-          f"{N_OUT} classes, batch {BATCH}, SGD, float32; {args.steps} steps per run after one warm-up step; BLAS: {blas}; median of {args.rounds} interleaved rounds\n")
+          f"{N_OUT} classes, batch {BATCH}, SGD, float32; {args.steps} steps per run after one warm-up step; "
+          f"BLAS: {blas}; median of {args.rounds} interleaved rounds\n")
     print("| network | contender | ms per step | x floor | CPU ms per step | x floor (CPU) |")
     print("|---|---|---:|---:|---:|---:|")
     for (net, who), values in times.items():

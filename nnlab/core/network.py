@@ -272,7 +272,8 @@ class MLP(Module):
         return list(self._grads)
 
     def _named(self) -> list[tuple[str, Array]]:
-        named = [(f"{kind}{i}", p) for i, layer in enumerate(self.layers, 1) for kind, p in zip("Wb", layer.parameters())]
+        named = [(f"{kind}{i}", p) for i, layer in enumerate(self.layers, 1)
+                 for kind, p in zip("Wb", layer.parameters())]
         for i, block in enumerate(self.blocks, 1):
             if isinstance(block, Block):
                 names = (["ln_gain", "ln_bias"] if block.norm is not None else []) + \
