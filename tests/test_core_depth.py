@@ -266,6 +266,19 @@ def test_fixup_initialisation():
     assert loss_and_grads(model, x.astype(np.float32), y) == pytest.approx(math.log(4), rel=1e-6)
 
 
+def test_fixups_zero_readout_has_no_distance_from_init_ratio():
+    """||W - W_0|| / ||W_0|| is undefined for a readout that starts at 0: absent from the record, not inf/NaN."""
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(64, 10)).astype(np.float32), rng.integers(0, 3, 64)
+    model = MLP.from_shape(10, 3, 4, 8, seed=0, residual=True, init="fixup")
+    seen = []
+    fit(model, make_optimizer("sgd", lr=0.05), x[:48], y[:48], x[48:], y[48:], TrainConfig(epochs=2, batch_size=16),
+        callback=lambda e, m: seen.append(m))
+    assert all("dist_init/layer_5" not in m and "dist_init/layer_4" in m for m in seen)
+    assert "update_ratio/layer_5" in seen[2] and "update_ratio/layer_4" in seen[2]  # W_out moved off 0 by then
+    assert all(np.isfinite(v) for m in seen for v in m.values())
+
+
 def one_step_output_change(init: str, depth: int, lr: float = 0.01) -> float:
     """||logits after - before|| of one SGD step of a residual net with zero gates and shifts and an O(1) readout
     (as after the first steps, which only move the readout: the zero readout keeps dL/dh at 0)."""

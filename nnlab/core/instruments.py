@@ -55,10 +55,12 @@ def _weight_norms(model: MLP, flat: Array) -> Array:
 
 def update_ratios(model: MLP, before: Array) -> dict[str, float]:
     """``update_ratio/layer_{i}`` = ||W_i - W_i_before|| / ||W_i_before||; ``before`` (P,) laid out like
-    ``model.flat_params``."""
+    ``model.flat_params``. Absent for a layer whose ``before`` is all zeros (Fixup's readout at
+    initialisation): the ratio is undefined there."""
     diffs = [w - b for w, b in zip(model.weights, model.weight_views(before))]
     norms = _weight_norms(model, before)
-    return {f"update_ratio/layer_{i}": math.sqrt(np.vdot(d, d)) / n for i, (d, n) in enumerate(zip(diffs, norms), 1)}
+    return {f"update_ratio/layer_{i}": math.sqrt(np.vdot(d, d)) / n
+            for i, (d, n) in enumerate(zip(diffs, norms), 1) if n > 0}
 
 
 def dist_from_init(model: MLP, initial: Array) -> dict[str, float]:
