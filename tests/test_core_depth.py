@@ -462,6 +462,10 @@ def test_state_dict_round_trip_and_empty_like():
     assert np.array_equal(other.flat_params, model.flat_params)
     with pytest.raises(ValueError, match=r"gate2: missing from the state"):
         other.load_state_dict({k: v for k, v in state.items() if k != "gate2"})
+    reloaded = MLP.from_shape(5, 3, 4, 6, seed=0, init="lsuv", **ARCHITECTURES["everything"])
+    assert reloaded.needs_data_init
+    reloaded.load_state_dict(state)  # trained weights: no data step to do
+    assert not reloaded.needs_data_init and np.array_equal(reloaded.flat_params, model.flat_params.astype(np.float32))
 
 
 # --- the step allocates nothing that grows with the network ----------------------------------------

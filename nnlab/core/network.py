@@ -287,12 +287,15 @@ class MLP(Module):
         return dict(self._named())
 
     def load_state_dict(self, state: dict[str, Array]) -> None:
+        """Set every parameter from ``state`` (as ``state_dict`` names them); the weights are then final, so an
+        LSUV model no longer needs its data step."""
         for name, p in self._named():
             if name not in state:
                 raise ValueError(f"{name}: missing from the state (it has: {', '.join(sorted(state))})")
             if state[name].shape != p.shape:
                 raise ValueError(f"{name}: shape {state[name].shape} != model's {p.shape}")
             p[...] = state[name]
+        self.needs_data_init = False
 
 
 NORMS = (None, "layernorm")
