@@ -27,7 +27,7 @@ def test_history_reports_every_record_name_from_epoch_zero(digits):
     expected |= {f"dist_init/layer_{i}" for i in range(1, 5)} | {"grad_noise_scale"}  # default instruments
     stepped = expected | {f"update_ratio/layer_{i}" for i in range(1, 5)}  # no step before epoch 1
     assert [e for e, _ in seen] == [0, 1, 2, 3]
-    assert set(seen[0][1]) == expected
+    assert set(seen[0][1]) == expected | {"act_len_logvar"}  # the activation length's spread: at initialisation
     assert all(set(names) == stepped for _, names in seen[1:])
     assert history.epochs_run == 3 and len(history.epochs) == 4
     assert all(np.isfinite(v) for e in history.epochs for v in e.values())

@@ -50,8 +50,9 @@ def test_one_epoch_run_is_recorded_whole(make_cfg):
     theory = {f"{p}/layer_{i}" for p in ("preact_std", "theory/preact_std", "theory/act_std", "theory/chi")
               for i in range(1, 4)} | {f"theory/grad_ratio/layer_{i}" for i in range(1, 5)} | {
         "theory/chi_star", "theory/xi_c"}
-    assert names == RECORD | per_layer | after_a_step | FINAL | jacobian | theory
-    for name in theory:  # predictions and the measurement they predict: at initialisation only
+    at_init = {"act_len_logvar"}  # the activation length's spread across the probe batch, at initialisation
+    assert names == RECORD | per_layer | after_a_step | FINAL | jacobian | theory | at_init
+    for name in theory | at_init:  # predictions and the measurement they predict: at initialisation only
         assert [m.step for m in make_cfg.client.get_metric_history(run.info.run_id, name)] == [0], name
     for name in RECORD | per_layer | after_a_step | jacobian:
         steps = sorted(m.step for m in make_cfg.client.get_metric_history(run.info.run_id, name))

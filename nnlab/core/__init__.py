@@ -1,11 +1,14 @@
-"""nnlab.core: a from-scratch NumPy MLP and its training loop. Imports neither Hydra nor MLflow."""
+"""nnlab.core: a from-scratch NumPy MLP (plain, residual, LayerNorm) and its training loop. Imports neither Hydra
+nor MLflow."""
 from .activations import ACTIVATIONS, Activation, get_activation
-from .diagnostics import GradNormMeter, TrainMeter, activation_stats, preactivation_std
-from .initializers import INITIALIZERS, get_bias_initializer, get_initializer
+from .blocks import Block
+from .diagnostics import GradNormMeter, TrainMeter, activation_length_logvar, activation_stats, preactivation_std
+from .initializers import INITIALIZERS, MODEL_INITIALIZERS, fixup, get_bias_initializer, get_initializer, lsuv
 from .instruments import InstrumentConfig, Instruments
 from .jacobian import JacobianProbe, hidden_jacobians, jacobian_singular_values, jacobian_stats
 from .losses import l2_penalty, log_softmax, softmax, softmax_cross_entropy
-from .network import MLP, Dense, Module, hidden_sizes
+from .network import MLP, NORMS, Dense, Module, hidden_sizes
+from .norm import LayerNorm
 from .optim import OPTIMIZERS, SCHEDULES, SGD, Adam, Momentum, Optimizer, get_schedule, make_optimizer
 from .train import (DivergenceError, History, TrainConfig, accuracy, evaluate, fit, loss_and_grads, predict,
                     train_epoch)
@@ -18,4 +21,5 @@ __all__ = [
     "hidden_sizes", "OPTIMIZERS", "SCHEDULES", "SGD", "Adam", "Momentum", "Optimizer", "get_schedule",
     "make_optimizer", "DivergenceError", "History", "TrainConfig", "accuracy", "evaluate", "fit",
     "loss_and_grads", "predict", "train_epoch", "InstrumentConfig", "Instruments",
+    "Block", "LayerNorm", "NORMS", "MODEL_INITIALIZERS", "fixup", "lsuv", "activation_length_logvar",
 ]

@@ -64,18 +64,42 @@ class TrainMeter:
 
 
 def activation_stats(model: MLP, x_probe: Array) -> dict[str, float]:
-    """Mean, std and saturation (or dead fraction) of each hidden layer's output on a probe batch.
+    """Mean, std and saturation (or dead fraction) of each hidden layer's output on a probe batch, and
+    ``branch_ratio/layer_{i}`` of each residual layer.
 
+    Mean and std are of the layer's output h (the sum h + alpha phi(z), for a residual layer); saturation is
+    of its activation's units phi(z) (the branch, for a residual layer: the sum is not an activation's output).
+    ``branch_ratio/layer_{i}`` = ||alpha phi(z)|| / ||h_{i-1}|| (Frobenius norms over the batch): how much
+    the branch adds to the skip; absent for plain layers and where the skip is zero.
     Runs a forward pass on ``x_probe`` (N, n_in); the caches it overwrites are rebuilt by the
     next training step.
     """
     model.forward(x_probe)
     stats: dict[str, float] = {}
-    for i, (z, a) in enumerate(model.hidden_activations(), 1):
-        stats[f"act_mean/layer_{i}"] = float(a.mean(dtype=np.float64))
-        stats[f"act_std/layer_{i}"] = float(a.std(dtype=np.float64))
-        stats[f"act_saturation/layer_{i}"] = model.activation.saturated(z, a)
+    for i, ((z, h), layer) in enumerate(zip(model.hidden_activations(), model.layers), 1):
+        stats[f"act_mean/layer_{i}"] = float(h.mean(dtype=np.float64))
+        stats[f"act_std/layer_{i}"] = float(h.std(dtype=np.float64))
+        stats[f"act_saturation/layer_{i}"] = model.activation.saturated(z, layer.a)
+    for i, block in model.residual_blocks():
+        ratio = block.branch_ratio()
+        if ratio is not None:
+            stats[f"branch_ratio/layer_{i}"] = ratio
     return stats
+
+
+def activation_length_logvar(model: MLP, x_probe: Array) -> dict[str, float]:
+    """``act_len_logvar``: the variance over the probe batch ``x_probe`` (N, n_in) of log ||h_L||^2, h_L the
+    last hidden layer's output (population variance, ddof = 0). The spread of the activation length across
+    inputs, which grows with sum 1/n_j in deep narrow nets (Hanin & Rolnick 2018); it includes the spread of
+    the inputs' own lengths. Empty for depth 0 and when some ||h_L|| is 0 or not finite (log undefined)."""
+    if model.depth == 0:
+        return {}
+    model.forward(x_probe)
+    h = model.hidden_activations()[-1][1]
+    sq = np.einsum("ij,ij->i", h, h, dtype=np.float64)
+    if not (np.all(sq > 0) and np.all(np.isfinite(sq))):
+        return {}
+    return {"act_len_logvar": float(np.var(np.log(sq)))}
 
 
 def preactivation_std(model: MLP, x_probe: Array) -> dict[str, float]:

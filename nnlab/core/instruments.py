@@ -50,15 +50,17 @@ class InstrumentConfig:
 
 def _weight_norms(model: MLP, flat: Array) -> Array:
     """||W_i|| (float64) of each layer's weights in a flat parameter vector laid out like ``model``."""
-    return np.array([math.sqrt(np.vdot(w, w)) for w in model.views(flat)[0::2]])
+    return np.array([math.sqrt(np.vdot(w, w)) for w in model.weight_views(flat)])
 
 
 def update_ratios(model: MLP, before: Array) -> dict[str, float]:
     """``update_ratio/layer_{i}`` = ||W_i - W_i_before|| / ||W_i_before||; ``before`` (P,) laid out like
-    ``model.flat_params``."""
-    diffs = [w - b for w, b in zip(model.weights, model.views(before)[0::2])]
+    ``model.flat_params``. Absent for a layer whose ``before`` is all zeros (Fixup's readout at
+    initialisation): the ratio is undefined there."""
+    diffs = [w - b for w, b in zip(model.weights, model.weight_views(before))]
     norms = _weight_norms(model, before)
-    return {f"update_ratio/layer_{i}": math.sqrt(np.vdot(d, d)) / n for i, (d, n) in enumerate(zip(diffs, norms), 1)}
+    return {f"update_ratio/layer_{i}": math.sqrt(np.vdot(d, d)) / n
+            for i, (d, n) in enumerate(zip(diffs, norms), 1) if n > 0}
 
 
 def dist_from_init(model: MLP, initial: Array) -> dict[str, float]:
@@ -72,7 +74,8 @@ def per_sample_grad_sq_norms(model: MLP) -> Array:
 
     After ``loss_and_grads`` on N samples, layer k holds dL/dz = delta_n / N for the *mean* loss L; sample n's
     own gradient is x_n delta_n^T for W (norm ||x_n|| ||delta_n||) and delta_n for b, so
-    ||g_n||^2 = sum_k N^2 ||dL/dz_n||^2 (||x_n||^2 + 1).
+    ||g_n||^2 = sum_k N^2 ||dL/dz_n||^2 (||x_n||^2 + 1). Residual and normalised layers add their own
+    parameters' shares (gate, shift, LayerNorm gain and bias: ``Block.per_sample_sq_norms``).
     """
     n = len(model.layers[0].x)
     total = np.zeros(n)
@@ -80,6 +83,9 @@ def per_sample_grad_sq_norms(model: MLP) -> Array:
         x_sq = np.einsum("ij,ij->i", layer.x, layer.x, dtype=np.float64)
         d_sq = np.einsum("ij,ij->i", layer.grad_z, layer.grad_z, dtype=np.float64)
         total += d_sq * (x_sq + 1.0)
+    for block in model.blocks:
+        if hasattr(block, "per_sample_sq_norms"):
+            total += block.per_sample_sq_norms()
     return total * n * n
 
 
@@ -114,9 +120,9 @@ def grad_noise_scale(model: MLP, x: Array, y: Array, weight_decay: float = 0.0) 
 
 def _as_float64(model: MLP, cache: MLP | None = None) -> MLP:
     """A float64 copy of ``model`` (reusing ``cache`` when it has the same shape)."""
-    if cache is None or cache.sizes != model.sizes or cache.activation != model.activation:
-        cache = MLP(model.sizes, model.activation, init=lambda fi, fo, rng, dtype: np.zeros((fi, fo), dtype),
-                    dtype=np.float64)
+    if cache is None or cache.sizes != model.sizes or cache.activation != model.activation \
+            or cache.architecture != model.architecture:
+        cache = model.empty_like(np.float64)
     cache.flat_params[...] = model.flat_params
     return cache
 

@@ -1,11 +1,13 @@
 """The input-output Jacobian of the hidden stack and its singular values (Pennington et al. 2017).
 
-Which Jacobian: for one input x (n_in,), the derivative of the *last hidden layer's output* a^L
-(after its activation) with respect to the *network's input* x, the readout (output layer) left out:
+Which Jacobian: for one input x (n_in,), the derivative of the *last hidden layer's output* h^L
+(after its activation; the sum, for a residual layer) with respect to the *network's input* x, the
+readout (output layer) left out. For a plain net
 
-    J(x) = d a^L / d x = D_L W_L^T ... D_2 W_2^T D_1 W_1^T,   shape (n_L, n_in),
+    J(x) = d h^L / d x = D_L W_L^T ... D_2 W_2^T D_1 W_1^T,   shape (n_L, n_in),
 
-with D_l = diag(phi'(z^l(x))) and W_l the (fan_in, fan_out) weight of hidden layer l. It is square
+with D_l = diag(phi'(z^l(x))) and W_l the (fan_in, fan_out) weight of hidden layer l; a residual layer
+multiplies by (I + alpha D_l W_l^T M_l) instead, M_l the LayerNorm's Jacobian (or I). It is square
 when the hidden width equals the input dimension (digits: 64) and is the Jacobian of the isometry
 papers (Saxe et al. 2014; Pennington et al. 2017, x^0 -> x^L). Its min(n_L, n_in) singular values,
 pooled over a fixed probe of inputs, are summarised as ``jacobian_sv_mean``, ``jacobian_sv_std``,
@@ -23,22 +25,19 @@ SV_FLOOR = 1e-7  # relative: sqrt(float64 eps) ~ 1.5e-8 is the Gram matrix's rou
 
 
 def hidden_jacobians(model: MLP, x: Array) -> Array:
-    """J(x) = d a^L / d x for each row of ``x`` (k, n_in) -> (k, n_L, n_in), in the model's dtype.
+    """J(x) = d h^L / d x for each row of ``x`` (k, n_in) -> (k, n_L, n_in), in the model's dtype.
 
-    Forward-mode accumulation, vectorised over the k inputs: J^1 = D_1 W_1^T, J^l = D_l W_l^T J^{l-1}.
-    Overwrites the layers' forward caches (rebuilt by the next training step).
+    Forward-mode accumulation, vectorised over the k inputs: each hidden layer maps the tangents J^{l-1}
+    (k, n_{l-1}, n_in) to J^l (``jvp``; J^0 = I): J^l = D_l W_l^T J^{l-1} for a plain layer,
+    J^{l-1} + alpha D_l W_l^T M_l J^{l-1} for a residual one. Overwrites the layers' forward caches
+    (rebuilt by the next training step).
     """
     if model.depth == 0:
         raise ValueError("a network with depth 0 has no hidden layers, so no hidden-stack Jacobian")
     model.forward(x)
     jac = None
-    for layer in model.layers[:-1]:
-        d = layer.activation.backward(layer.z, layer.a, np.ones_like(layer.z))  # phi'(z^l): (k, n_l)
-        if jac is None:
-            jac = d[:, :, None] * layer.W.T[None, :, :]  # (k, n_1, n_in)
-        else:
-            jac = layer.W.T @ jac  # (n_l, n_{l-1}) @ (k, n_{l-1}, n_in) -> (k, n_l, n_in)
-            jac *= d[:, :, None]
+    for block in model.blocks:
+        jac = block.jvp(jac)
     return jac
 
 

@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .diagnostics import GradNormMeter, TrainMeter, activation_stats
+from .diagnostics import GradNormMeter, TrainMeter, activation_length_logvar, activation_stats
 from .instruments import InstrumentConfig, Instruments
 from .losses import l2_penalty, softmax_cross_entropy
 from .network import MLP
@@ -165,6 +165,8 @@ def epoch_metrics(model: MLP, x_train: Array, y_train: Array, x_val: Array, y_va
     val_loss, val_acc = evaluate(model, x_val, y_val)
     metrics = {**train, "val_loss": val_loss, "val_acc": val_acc,
                **meter.summary(), **activation_stats(model, x_probe)}
+    if epoch == 0:  # the spread of the activation length at initialisation (Hanin & Rolnick 2018)
+        metrics.update(activation_length_logvar(model, x_probe))
     if instruments is not None:  # after activation_stats: the noise scale reuses its forward pass of the probe
         probe = (x_probe, y_train[: len(x_probe)])
         metrics.update(instruments.measure(model, epoch, x_train, y_train, weight_decay, lr, probe))
