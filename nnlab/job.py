@@ -82,10 +82,12 @@ def init_diagnostics(spec: RunSpec, model, data) -> dict[str, float]:
     if not spec.theory or model.depth == 0:
         return {}
     from nnlab import theory
-    from nnlab.core import preactivation_std
+    from nnlab.core import INITIALIZERS, preactivation_std
 
     m = spec.model
     x_probe = np.asarray(data.x_train[: spec.train.probe_size], dtype=model.dtype)
+    if m["init"] not in INITIALIZERS or m["residual"] or m["norm"]:  # (fixup, lsuv: data or depth dependent)
+        return preactivation_std(model, x_probe)  # no prediction for this network: theory/* absent
     prediction = theory.predict_network(model.sizes, m["activation"], m["init"], x_probe,
                                         activation_params=m["activation_params"], init_params=m["init_params"])
     return {**preactivation_std(model, x_probe), **theory.record(prediction)}
@@ -127,6 +129,21 @@ def progress(name: str, epochs: int, bar: bool) -> Iterator[Callable[[int, dict]
         yield update
 
 
+def data_init(spec: RunSpec, model, data) -> tuple[dict[str, str], dict[str, float]]:
+    """Initialisers that need data (``init=lsuv``): run on the first training batch, before the run.
+    Returns what the record keeps of it: params (the batch, the tolerance, whether every layer met it)
+    and step-0 metrics (``lsuv_passes/layer_{i}``, ``lsuv_var/layer_{i}``, i = 1 nearest the input)."""
+    if not getattr(model, "needs_data_init", False):
+        return {}, {}
+    from nnlab.core import lsuv
+
+    info = lsuv(model, data.x_train[: spec.train.batch_size])
+    params = {"lsuv.batch_size": str(info["batch_size"]), "lsuv.converged": str(info["converged"])}
+    metrics = {f"lsuv_passes/layer_{i}": float(p) for i, p in enumerate(info["passes"], 1)}
+    metrics.update({f"lsuv_var/layer_{i}": float(v) for i, v in enumerate(info["variance"], 1)})
+    return params, metrics
+
+
 def final_metrics(model, data, history) -> dict[str, float]:
     """test_loss, test_acc (computed by the core), best_val_acc, epochs_run, train_seconds."""
     from nnlab.core import evaluate
@@ -147,6 +164,7 @@ class Job:
     model: Any
     optimizer: Any
     tracker: Any
+    init_record: tuple[dict, dict] = ({}, {})  # what a data-dependent initialiser reports (params, step-0 metrics)
     spooled: Path | None = None  # where the run went when the store could not take it
     experiment_id: str | None = None  # once run
 
@@ -172,12 +190,12 @@ class Job:
         # (whose store answered at its start) goes on if the store fails now, and spools its run
         with self.tracker.open_run(spec.store.experiment, spec.name, self.tags(), ctx.parent_id,
                                    spec.store.flush_seconds, spool_if_unreachable=ctx.multirun) as run:
-            run.log_params(spec.params)
+            run.log_params({**spec.params, **self.init_record[0]})
             limit = self.blas_limit
             run.set_tags({BLAS_THREADS_TAG: str(limit) if limit is not None else f"default ({_blas_default()})"})
             run.log_inputs(dataset_inputs(spec))
             run.flush()  # params and tags reach the store now: a run killed in its first second is still found
-            run.log_metrics(init_diagnostics(spec, model, data), step=0)
+            run.log_metrics({**self.init_record[1], **init_diagnostics(spec, model, data)}, step=0)
             bar = progress(spec.name, spec.train.epochs, sys.stderr.isatty() and not ctx.parallel)
             with bar as show, blas_threads(limit):
                 def record(epoch: int, metrics: dict[str, float]) -> None:
@@ -216,5 +234,6 @@ def prepare(spec: RunSpec, context: JobContext | None = None) -> Job:
     context = context or JobContext()
     data = load_data(spec)
     model, optimizer = build(spec, data)
+    init_record = data_init(spec, model, data)
     tracker = Tracker.from_settings(spec.store, base=context.cwd)
-    return Job(spec, context, data, model, optimizer, tracker)
+    return Job(spec, context, data, model, optimizer, tracker, init_record)

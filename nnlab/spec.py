@@ -62,6 +62,10 @@ def _schema_of(source: type, name: str, exclude: tuple[str, ...] = (), extra: tu
 class ModelConfig:
     depth: int = 2  # hidden layers (0 = softmax regression)
     width: Any = 128  # units per hidden layer, or a list of `depth` widths
+    residual: bool = False  # hidden layers 2..depth: h <- h + alpha * phi(W h + b)
+    branch_scale: Optional[float] = None  # alpha; null = 1/sqrt(depth) (residual only)
+    branch_gate: bool = False  # alpha a trained scalar per layer, initialised at 0 (SkipInit/ReZero)
+    norm: Optional[str] = None  # null | layernorm (in the residual branch, or before each hidden layer)
 
 
 TrainerConfig = _schema_of(TrainConfig, "TrainerConfig", exclude=("instruments",))
@@ -118,6 +122,12 @@ class VarianceScalingInitConfig(NamedConfig):  # W ~ N(0, sigma_w^2 / fan_in), b
 
 
 @dataclass
+class LsuvInitConfig(OrthogonalInitConfig):  # orthogonal, then rescaled per layer on one training batch
+    tol: float = 0.1
+    max_passes: int = 10
+
+
+@dataclass
 class AlphaActivationConfig(NamedConfig):  # leaky_relu, elu
     alpha: float = MISSING
 
@@ -156,7 +166,7 @@ class MnistConfig(NamedConfig):
 
 SCHEMAS: dict[str, dict[str, type]] = {
     "init": {"scaled": ScaledInitConfig, "random": RandomInitConfig, "orthogonal": OrthogonalInitConfig,
-             "variance_scaling": VarianceScalingInitConfig},
+             "variance_scaling": VarianceScalingInitConfig, "lsuv": LsuvInitConfig},
     "activation": {"plain": NamedConfig, "alpha": AlphaActivationConfig},
     "optimizer": {"sgd": SGDConfig, "momentum": MomentumConfig, "adam": AdamConfig},
     "dataset": {"digits": DigitsConfig, "mnist": MnistConfig},
@@ -236,6 +246,8 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "init.gain": _POSITIVE,
     "init.sigma_w": _POSITIVE,
     "init.sigma_b": _NON_NEGATIVE,
+    "init.tol": _FRACTION_OPEN,
+    "init.max_passes": _int_at_least(1),
     "diagnostics.jacobian_inputs": _int_at_least(1),
     "activation.alpha": _POSITIVE,
     "optimizer.lr": _POSITIVE,
@@ -251,10 +263,10 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 def _registries() -> dict[str, tuple[str, Any]]:
     """key -> valid names, taken from the core's own registries (never a copy of them)."""
-    from nnlab.core import ACTIVATIONS, INITIALIZERS, OPTIMIZERS, SCHEDULES
+    from nnlab.core import ACTIVATIONS, INITIALIZERS, MODEL_INITIALIZERS, OPTIMIZERS, SCHEDULES
     from nnlab.data import DATASETS
 
-    return {"init.name": INITIALIZERS, "activation.name": ACTIVATIONS, "optimizer.name": OPTIMIZERS,
+    return {"init.name": {**INITIALIZERS, **MODEL_INITIALIZERS}, "activation.name": ACTIVATIONS, "optimizer.name": OPTIMIZERS,
             "dataset.name": DATASETS, "trainer.schedule": SCHEDULES,
             "init.distribution": ("normal", "uniform")}
 
@@ -274,6 +286,28 @@ def _check_width(depth: Any, width: Any) -> None:
             raise ConfigError("model.width", width, f"a list must hold model.depth={depth} integers >= 1")
     elif not (_is_int(width) and width >= 1):
         raise ConfigError("model.width", width, "must be an integer >= 1 or a list of model.depth integers")
+
+
+_ARCHITECTURE_KEYS = ("residual", "branch_scale", "branch_gate", "norm")
+
+
+def _check_architecture(tree: Mapping[str, Any]) -> None:
+    """The depth options (``model.residual`` ...) as the core checks them, refused with the key's name."""
+    import re
+
+    from nnlab.core.network import _architecture, hidden_sizes
+
+    model, init = tree["model"], tree["init"]["name"]
+    fixup = init == "fixup"  # Fixup brings its own gate and shift per branch (MLP does the same)
+    try:
+        _architecture([1, *hidden_sizes(model["depth"], model["width"]), 1], model["residual"], model["branch_scale"],
+                      model["branch_gate"] or fixup, fixup, model["norm"], init)
+    except ValueError as err:
+        first = re.match(r"\w+", str(err)).group(0)
+        key = "width" if "hidden widths" in str(err) else {"unknown": "norm", "init": "init.name"}.get(first, first)
+        key = key if key.startswith("init") else f"model.{key}"
+        value = tree["init"]["name"] if key == "init.name" else model.get(key.split(".", 1)[1])
+        raise ConfigError(key, value, str(err)) from None
 
 
 def _tree(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
@@ -304,6 +338,7 @@ def _validate_tree(tree: Mapping[str, Any]) -> None:
         if present and value not in valid:
             raise ConfigError(key, value, f"valid choices: {', '.join(sorted(valid))}")
     _check_width(tree["model"]["depth"], tree["model"]["width"])
+    _check_architecture(tree)
     data = tree["dataset"]
     if "test_size" in data and data["val_size"] + data["test_size"] >= 1:
         raise ConfigError("dataset.val_size", data["val_size"],
@@ -365,6 +400,7 @@ class RunSpec:
             choices=group_choices(tree, choices),
             data={"name": tree["dataset"]["name"], **_options(tree["dataset"])},
             model={"depth": model["depth"], "width": list(width) if isinstance(width, list) else width,
+                   **{k: model[k] for k in _ARCHITECTURE_KEYS},
                    "activation": tree["activation"]["name"], "activation_params": _options(tree["activation"]),
                    "init": tree["init"]["name"], "init_params": _options(tree["init"]), "seed": tree["seed"]},
             optimizer={"name": tree["optimizer"]["name"], **_options(tree["optimizer"])},

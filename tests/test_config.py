@@ -7,7 +7,7 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from nnlab import spec as C
-from nnlab.core import ACTIVATIONS, INITIALIZERS, OPTIMIZERS
+from nnlab.core import ACTIVATIONS, INITIALIZERS, MODEL_INITIALIZERS, OPTIMIZERS
 from nnlab.data import DATASETS
 from nnlab.run import CONF_DIR
 
@@ -22,7 +22,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-@pytest.mark.parametrize("group, registry", [("init", INITIALIZERS), ("activation", ACTIVATIONS),
+@pytest.mark.parametrize("group, registry", [("init", {**INITIALIZERS, **MODEL_INITIALIZERS}), ("activation", ACTIVATIONS),
                                              ("optimizer", OPTIMIZERS), ("dataset", DATASETS)])
 def test_every_core_name_has_exactly_one_conf_option(group, registry):
     assert options(group) == sorted(registry)
@@ -30,7 +30,8 @@ def test_every_core_name_has_exactly_one_conf_option(group, registry):
 
 @pytest.mark.parametrize("group, option", [(g, o) for g in C.GROUPS for o in options(g)])
 def test_every_group_option_composes_and_validates(hydra_conf, group, option):
-    cfg = hydra_conf(f"{group}={option}")
+    needs = ("model.residual=true",) if option == "fixup" else ()  # fixup initialises residual branches
+    cfg = hydra_conf(f"{group}={option}", *needs)
     spec = C.RunSpec.from_cfg(cfg)
     assert cfg[group].name == option and spec.choices[group] == option
     kwargs = {"init": spec.model["init_params"], "activation": spec.model["activation_params"],
@@ -40,7 +41,8 @@ def test_every_group_option_composes_and_validates(hydra_conf, group, option):
 
 def test_defaults_match_the_contract(hydra_conf):
     cfg = hydra_conf()
-    assert OmegaConf.to_container(cfg.model) == {"depth": 2, "width": 128}
+    assert OmegaConf.to_container(cfg.model) == {"depth": 2, "width": 128, "residual": False, "branch_scale": None,
+                                                 "branch_gate": False, "norm": None}
     assert (cfg.init.name, cfg.activation.name, cfg.optimizer.name, cfg.dataset.name) == ("he", "relu", "adam", "digits")
     assert cfg.trainer.epochs == 30 and cfg.trainer.batch_size == 32 and cfg.trainer.weight_decay == 0.01
     assert cfg.tracking.uri is None and cfg.tracking.experiment == "nnlab" and cfg.seed == 0
@@ -75,6 +77,34 @@ def test_impossible_values_are_refused_in_one_line_naming_key_and_value(hydra_co
     message = str(info.value)
     assert info.value.key == key and "\n" not in message
     assert message.startswith(f"invalid config: {key}=")
+
+
+@pytest.mark.parametrize("overrides, key, valid", [
+    (("model.branch_scale=0.5",), "model.branch_scale", "needs residual=True"),
+    (("model.branch_gate=true",), "model.branch_gate", "needs residual=True"),
+    (("init=fixup",), "init.name", "needs residual=True"),
+    (("model.residual=true", "model.width=[8,16]"), "model.width", "valid: one width"),
+    (("model.norm=batchnorm",), "model.norm", "'layernorm'"),
+    (("model.residual=true", "model.branch_gate=true", "model.branch_scale=0.3"), "model.branch_scale", "with a gate"),
+    (("model.residual=true", "init=fixup", "model.branch_scale=0.3"), "model.branch_scale", "fixup"),
+    (("init=lsuv", "init.tol=2"), "init.tol", "fraction"),
+    (("init=lsuv", "init.max_passes=0"), "init.max_passes", ">= 1"),
+])
+def test_depth_options_are_refused_with_their_key_and_what_is_valid(hydra_conf, overrides, key, valid):
+    with pytest.raises(C.ConfigError) as info:
+        C.RunSpec.from_cfg(hydra_conf(*overrides))
+    message = str(info.value)
+    assert info.value.key == key and "\n" not in message and valid in message, message
+
+
+def test_depth_options_reach_the_network(hydra_conf):
+    from nnlab.core import MLP
+
+    spec = C.RunSpec.from_cfg(hydra_conf("model.residual=true", "model.norm=layernorm", "model.depth=4",
+                                         "model.width=8", "model.branch_gate=true"))
+    model = MLP.from_shape(64, 10, **spec.model)
+    assert model.architecture["residual"] and model.architecture["norm"] == "layernorm"
+    assert model.architecture["branch_gate"] and len(model.residual_blocks()) == 3
 
 
 def test_group_parameters_are_validated_too(hydra_conf):
