@@ -98,17 +98,21 @@ autosummary_context = {"exports": _exports()}
 # --- HTML (pydata-sphinx-theme, as NumPy, pandas, Matplotlib and scikit-learn) --------------------------------
 html_theme = "pydata_sphinx_theme"
 html_title = f"nnlab {release}"
-html_static_path: list[str] = []
+html_static_path = [str(Path(__file__).parent / "_static")]
+html_css_files = ["nnlab.css"]
 html_theme_options = {
     "navbar_align": "left",
-    "header_links_before_dropdown": 6,
+    "header_links_before_dropdown": 7,
     "show_toc_level": 2,
     "navigation_with_keys": False,
     "secondary_sidebar_items": ["page-toc", "sourcelink"],
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"docs/index": []}  # the landing page has the toctree in its body
+# Pages without sub-pages get no left sidebar (it would be an empty "Section Navigation" column): the
+# article gets the width its tables need. Pages with sub-pages (studies -> reports, api -> modules) keep it.
+html_sidebars = {f"docs/{page.stem}": [] for page in (ROOT / "docs").glob("*.md")
+                 if page.stem not in ("studies", "api")}
 html_show_sourcelink = True
 html_copy_source = True
 

@@ -108,7 +108,8 @@ def toctree_entries(path: Path) -> list[str]:
         elif inside and line.strip().startswith("```"):
             inside = False
         elif inside and line.strip() and not line.strip().startswith((":", "%")):
-            entries.append(line.strip())
+            titled = re.match(r"^.*<([^>]+)>$", line.strip())  # "Title <page>"
+            entries.append(titled.group(1) if titled else line.strip())
     return entries
 
 
