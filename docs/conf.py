@@ -160,6 +160,11 @@ def _dataclass_signature(app, what, name, obj, options, signature, return_annota
     return signature, return_annotation
 
 
+def _drop_object_base(app, name, obj, options, bases: list) -> None:
+    """"Bases: object" says nothing; show a class's bases only when it has real ones."""
+    bases[:] = [b for b in bases if b is not object]
+
+
 def _redirect_root(app, exception) -> None:
     """The site's pages sit under docs/ (the source tree's layout); give the build folder an index.html
     that opens the manual's first page."""
@@ -173,4 +178,5 @@ def _redirect_root(app, exception) -> None:
 def setup(app):
     app.connect("autodoc-process-docstring", _plain_to_rest)
     app.connect("autodoc-process-signature", _dataclass_signature)
+    app.connect("autodoc-process-bases", _drop_object_base)
     app.connect("build-finished", _redirect_root)
