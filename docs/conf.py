@@ -50,6 +50,7 @@ autosummary_generate = True  # writes docs/api/generated/*.rst at every build (g
 autosummary_ignore_module_all = True  # summaries list what a module defines; packages list their modules
 autodoc_member_order = "bysource"
 autodoc_typehints = "signature"
+autodoc_preserve_defaults = True  # defaults as written (dtype=np.float32), not their repr, which is not Python
 autodoc_default_options = {"members": True, "undoc-members": True, "show-inheritance": True}
 add_module_names = False
 
@@ -165,6 +166,26 @@ def _drop_object_base(app, name, obj, options, bases: list) -> None:
     bases[:] = [b for b in bases if b is not object]
 
 
+def _resolve_reexport(app, env, node, contnode):
+    """A reference to a name a package re-exports (``nnlab.core.fit``, or ``predict_network`` in a package's
+    docstring) points to where the object is documented: its defining module (``nnlab.core.train.fit``)."""
+    if node.get("refdomain") != "py":
+        return None
+    target, module = node["reftarget"], node.get("py:module") or ""
+    for candidate in ([f"{module}.{target}"] if module else []) + [target]:
+        mod_name, _, attr = candidate.rpartition(".")
+        try:
+            obj = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError, ValueError):
+            continue
+        home = getattr(obj, "__module__", None)
+        if home and home.startswith("nnlab") and f"{home}.{attr}" != candidate:
+            node["reftarget"] = f"{home}.{getattr(obj, '__qualname__', attr)}"
+            return env.get_domain("py").resolve_xref(env, node["refdoc"], app.builder, node["reftype"], node[
+                "reftarget"], node, contnode)
+    return None
+
+
 def _redirect_root(app, exception) -> None:
     """The site's pages sit under docs/ (the source tree's layout); give the build folder an index.html
     that opens the manual's first page."""
@@ -179,4 +200,5 @@ def setup(app):
     app.connect("autodoc-process-docstring", _plain_to_rest)
     app.connect("autodoc-process-signature", _dataclass_signature)
     app.connect("autodoc-process-bases", _drop_object_base)
+    app.connect("missing-reference", _resolve_reexport)
     app.connect("build-finished", _redirect_root)
