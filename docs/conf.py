@@ -37,7 +37,7 @@ extensions = [
 
 root_doc = "docs/index"
 include_patterns = ["docs/**", "reports/*/index.md"]
-exclude_patterns = ["docs/_build", "docs/_templates", "docs/README.md", ".*", "**/.ipynb_checkpoints"]
+exclude_patterns = ["docs/_build", "docs/_templates", ".*", "**/.ipynb_checkpoints"]
 templates_path = [str(Path(__file__).parent / "_templates")]  # absolute: autosummary reads it from the source dir
 source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
 
@@ -46,6 +46,7 @@ myst_enable_extensions = ["colon_fence", "deflist", "dollarmath"]
 myst_heading_anchors = 3  # [text](page.md#a-heading) links work like on the repository host, down to ###
 
 # --- API reference (docs/api.md) -----------------------------------------------------------------------------
+API_MODULES = ("nnlab.core", "nnlab.theory", "nnlab.analysis", "nnlab.data")  # as listed in docs/api.md
 autosummary_generate = True  # writes docs/api/generated/*.rst at every build (git-ignored)
 autosummary_ignore_module_all = True  # summaries list what a module defines; packages list their modules
 autodoc_member_order = "bysource"
@@ -71,8 +72,10 @@ def _exports() -> dict[str, list[tuple[str, str, str]]]:
     full name in its own module (``obj``, ``nnlab.core.network.MLP``), data by the module that assigns it
     (``mod``, ``nnlab.core.activations``)."""
     out: dict[str, list[tuple[str, str, str]]] = {}
-    for pkg_name in ("nnlab.core", "nnlab.analysis"):
+    for pkg_name in API_MODULES:
         pkg = importlib.import_module(pkg_name)
+        if not hasattr(pkg, "__path__"):  # a plain module documents its own members
+            continue
         subs = [importlib.import_module(f"{pkg_name}.{m.name}") for m in pkgutil.iter_modules(pkg.__path__)]
         rows = []
         for name in getattr(pkg, "__all__", []):
@@ -119,18 +122,29 @@ html_copy_source = True
 
 
 # nnlab's docstrings are written to read in help() and in the source: plain text with ASCII maths
-# (``|G|^2``, ``||x_n||``) and dash lists that follow their lead-in line directly. Two things of that style
-# are not valid reStructuredText, and the hook below makes them so instead of rewriting every docstring:
-# a bar outside ``literals`` is a literal bar (reST would read |x| as a substitution), and a list gets the
-# blank lines reST needs around it. Everything else (``literals``, :func:`roles`, *emphasis*) is reST as is.
+# (``|G|^2``, ``||x_n||``), dash lists that follow their lead-in line directly and tables drawn with notes
+# beside them. Those are not valid reStructuredText, and the hook below makes them so instead of rewriting
+# every docstring: a bar outside ``literals`` and literal blocks is a literal bar (reST would read |x| as a
+# substitution), a list gets the blank lines reST needs around it, and a table drawn between ``=====``
+# borders is shown as drawn, in a literal block. Everything else (``literals``, :func:`roles`, *emphasis*,
+# ``::`` blocks) is reST as is.
 _LITERAL = re.compile(r"(``.+?``|`[^`]+`)")
 _ITEM = re.compile(r"^(\s*)[-*] \S")
 
 
 def _plain_to_rest(app, what, name, obj, options, lines: list[str]) -> None:
+    lines[:] = _tables_as_literals(lines)
     out: list[str] = []
     item_indent: int | None = None  # indent of the current list's items, None outside a list
+    literal_indent: int | None = None  # inside a literal block (after a "::" line): left as it is
     for line in lines:
+        indent = len(line) - len(line.lstrip())
+        if literal_indent is not None and (not line.strip() or indent > literal_indent):
+            out.append(line)
+            continue
+        literal_indent = None
+        if line.rstrip().endswith("::"):
+            literal_indent = indent
         parts = _LITERAL.split(line)
         line = "".join(p if i % 2 else p.replace("|", r"\|") for i, p in enumerate(parts))
         match = _ITEM.match(line)
@@ -148,6 +162,29 @@ def _plain_to_rest(app, what, name, obj, options, lines: list[str]) -> None:
             item_indent = None
         out.append(line)
     lines[:] = out
+
+
+_TABLE_BORDER = re.compile(r"^\s*=+(\s+=+)+\s*$")
+
+
+def _tables_as_literals(lines: list[str]) -> list[str]:
+    """A table drawn for help() (rows under ``=====  =====`` borders, notes past the last column) is shown
+    as the docstring draws it, in a literal block, instead of being parsed as a reST table."""
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if _TABLE_BORDER.match(line) and (not out or not out[-1].strip()):
+            indent = line[: len(line) - len(line.lstrip())]
+            out += [f"{indent}::", ""]
+            while i < len(lines) and lines[i].strip():
+                out.append(f"{indent}    {lines[i][len(indent):]}")
+                i += 1
+            out.append("")
+            continue
+        out.append(line)
+        i += 1
+    return out
 
 
 def _dataclass_signature(app, what, name, obj, options, signature, return_annotation):
