@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.docs-installed
+# what CI builds with: a warning, a broken link or cross-reference, a page outside the toctree fails
+SPHINXOPTS ?= -W --keep-going -n -q
 
-.PHONY: install demo test test-fast ui bench report clean
+.PHONY: install demo test test-fast ui bench report docs clean
 
 install: $(STAMP)
 
@@ -38,6 +41,15 @@ bench: $(STAMP)
 report: $(STAMP)
 	$(PY) -m nnlab.run -m +experiment=init_depth hydra/launcher=joblib hydra.launcher.n_jobs=2
 	$(PY) -m nnlab.report --experiment init_depth --out reports/init_depth
+
+# the manual (docs/, Sphinx + MyST + pydata-sphinx-theme) into docs/_build/html; installs nnlab[docs] first
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -b html -c docs $(SPHINXOPTS) . docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[dev,docs]'
+	touch $(DOCS_STAMP)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache
