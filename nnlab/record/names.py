@@ -46,4 +46,4 @@ BEST_METRIC = f"sweep/best_{SUMMARY_METRIC}"
 GROUP_PARAMS = ("init", "activation", "optimizer", "dataset")  # each config group's choice
 FINAL_METRICS = ("test_loss", "test_acc", "best_val_acc", "epochs_run", "train_seconds")
 EPOCH_METRICS = ("train_loss", "train_acc", "val_loss", "val_acc")
-LAYER_STATS = ("grad_norm", "act_mean", "act_std", "act_saturation")  # <stat>/layer_{i}, i = 1 nearest the input
+LAYER_STATS = ("grad_norm", "act_mean", "act_std", "act_saturation", "branch_ratio")  # <stat>/layer_{i}, i = 1 nearest the input
