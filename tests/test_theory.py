@@ -163,7 +163,8 @@ def test_mean_squared_singular_value_is_the_product_of_the_layers_chi(activation
                                init_params=params, rng=rng, dtype=np.float64)
         msv += float(np.mean(jacobian_singular_values(model, x) ** 2)) / n_nets
     assert msv == pytest.approx(float(np.prod(pred.chi)), rel=0.06)
-    assert pred.jacobian_msv == pytest.approx(float(np.prod(pred.chi)))
+    # each input's product of chi's, averaged (chi is recorded averaged over inputs): ~ the product
+    assert pred.jacobian_msv == pytest.approx(float(np.prod(pred.chi)), rel=1e-3)
 
 
 def test_orthogonal_tanh_is_more_isometric_than_gaussian():

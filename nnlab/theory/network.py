@@ -32,7 +32,7 @@ import numpy as np
 
 from nnlab.core.activations import Activation, get_activation
 from nnlab.theory.meanfield import Q_MIN, FixedPoint, _dphi, _phi, fixed_point_summary
-from nnlab.theory.quadrature import Array, gaussian_expectation
+from nnlab.theory.quadrature import _W, _Z, Array
 
 NORMS = (None, "layernorm")
 
@@ -92,6 +92,11 @@ class Prediction:
         return np.sqrt(self.q)
 
 
+def _expect(f: Callable[[Array], Array], q: Array) -> Array:
+    """E_z[f(sqrt(q_k) z)] for each q_k of q (K,) -> (K,), the rule of gaussian_expectation."""
+    return f(np.sqrt(q)[:, None] * _Z) @ _W
+
+
 def _branch_scales(depth: int, residual: bool, branch_scale: float | None, branch_gate: bool) -> Array:
     alpha = np.full(depth, np.nan)
     if residual:
@@ -109,7 +114,9 @@ def predict(activation: Activation | str, sizes: Sequence[int], sigma_w2: Sequen
             sigma_b2: float, input_second_moment: float, *, residual: bool = False,
             branch_scale: float | None = None, branch_gate: bool = False, norm: str | None = None) -> Prediction:
     """Propagate the mean field through an MLP of ``sizes`` [n_in, h_1, ..., h_L, n_out] from the
-    data's mean squared input entry E[x^2]; ``sigma_w2`` per layer (len(sizes) - 1,) or one value.
+    data's mean squared input entry E[x^2] (one value, or one per input or group of inputs (K,):
+    each is propagated on its own and the statistics averaged over them); ``sigma_w2`` per layer
+    (len(sizes) - 1,) or one value.
 
     ``residual``: hidden layers 2..L are h + alpha phi(W h + b) (widths must then be equal after
     the first); ``branch_scale`` alpha (None: 1 / sqrt(L)); ``branch_gate``: alpha is a gate that
@@ -136,38 +143,62 @@ def predict(activation: Activation | str, sizes: Sequence[int], sigma_w2: Sequen
     sw2 = np.broadcast_to(np.asarray(sigma_w2, dtype=np.float64), (len(sizes) - 1,)).copy()
     alpha = _branch_scales(depth, residual, branch_scale, branch_gate)
     phi, dphi = _phi(act), _dphi(act)
-    q, mean, second, chis, dsq, in_sq, gain = (np.empty(depth) for _ in range(7))
-    h_mean, h_sq = 0.0, input_second_moment  # E[x] is not needed: layer 1 has neither skip nor norm
+    # every input its own mean field (its own q), averaged over inputs at the end: inputs whose
+    # lengths differ (digits) do not share one q, which matters for a nonlinear phi and for E[h]
+    x_sq = np.atleast_1d(np.asarray(input_second_moment, dtype=np.float64))  # (K,)
+    k = len(x_sq)
+    q, mean, second, chis, dsq, in_sq, kappa = (np.empty((k, depth)) for _ in range(7))
+    gain = np.empty(depth)
+    h_mean, h_sq = np.zeros(k), x_sq.copy()  # E[x] is not needed: layer 1 has neither skip nor norm
     for l in range(depth):
         normed = norm == "layernorm" and l > 0
-        in_sq[l] = 1.0 if normed else h_sq  # E[x_l^2]
-        q[l] = sw2[l] * in_sq[l] + sigma_b2
-        m = gaussian_expectation(phi, q[l])
-        s = gaussian_expectation(lambda u: phi(u) ** 2, q[l])
-        dsq[l] = gaussian_expectation(lambda u: dphi(u) ** 2, max(q[l], Q_MIN))
-        branch_chi = sw2[l] * dsq[l]
+        in_sq[:, l] = 1.0 if normed else h_sq  # E[x_l^2]
+        q[:, l] = sw2[l] * in_sq[:, l] + sigma_b2
+        qd = np.maximum(q[:, l], Q_MIN)
+        m = _expect(phi, q[:, l])
+        s = _expect(lambda u: phi(u) ** 2, q[:, l])
+        dsq[:, l] = _expect(lambda u: dphi(u) ** 2, qd)
+        d2p = _expect(lambda u: dphi(u) ** 2 * phi(u), qd)  # E[phi'^2 phi]
+        d2p2 = _expect(lambda u: dphi(u) ** 2 * phi(u) ** 2, qd)  # E[phi'^2 phi^2]
+        branch_chi = sw2[l] * dsq[:, l]
         if normed:
-            branch_chi /= max(h_sq - h_mean**2, Q_MIN)  # LN divides by the sample's std over units
+            branch_chi = branch_chi / np.maximum(h_sq - h_mean**2, Q_MIN)  # LN divides by the sample's std
         if np.isnan(alpha[l]):
-            h_mean, h_sq, chis[l], gain[l] = m, s, branch_chi, 1.0
+            kappa[:, l] = d2p2
+            h_mean, h_sq, chis[:, l], gain[l] = m, s, branch_chi, 1.0
         else:
             a = alpha[l]
+            kappa[:, l] = h_sq * dsq[:, l] + 2 * a * h_mean * d2p + a * a * d2p2  # E[phi'(z)^2 h^2], h the sum
             h_mean, h_sq = h_mean + a * m, h_sq + 2 * a * h_mean * m + a * a * s
-            chis[l], gain[l] = 1.0 + a * a * branch_chi, a
-        mean[l], second[l] = h_mean, h_sq
+            chis[:, l], gain[l] = 1.0 + a * a * branch_chi, a
+        mean[:, l], second[:, l] = h_mean, h_sq
     n = np.asarray(sizes, dtype=np.float64)
-    dh = np.empty(depth)  # per-unit E[(dLoss/dh^l)^2], the readout's dLoss/dz per unit = 1
-    dh[-1] = n[-1] * sw2[-1] / n[-2]
-    for l in range(depth - 1, 0, -1):  # dLoss/dh^{l-1} (0-based l-1) from dLoss/dh^l
-        dh[l - 1] = n[l + 1] / n[l] * chis[l] * dh[l]
-    dz = np.concatenate([gain**2 * dsq * dh, [1.0]])  # per-unit E[(dLoss/dz^l)^2], l = 1..L+1
-    x_sq = np.concatenate([in_sq, [second[-1]]])  # E[x_l^2] of each Dense's input, l = 1..L+1
-    grad_sq = n[:-1] * x_sq * n[1:] * dz
-    msv = n[depth] / min(n[0], n[depth]) * float(np.prod(chis))
+    hidden = n[1:-1]
+    # Backward: ||dLoss/dh^l||^2 = G_L tr(J J^T) for J = d h^L / d h^l and an isotropic dLoss/dh^L of
+    # per-unit mean square G_L (the readout's dLoss/dz per unit = 1). A generic direction of h^l
+    # grows by prod_{k>l} chi_k; a positively homogeneous net without bias or norm has one
+    # direction more, h^l itself, with J h^l = h^L exactly, which grows as E[(h^L)^2] / E[(h^l)^2]:
+    # in a residual relu net faster than chi (the skip-branch cross term), by (3/2)^l at alpha = 1.
+    homogeneous = act.name in ("relu", "leaky_relu", "identity") and sigma_b2 == 0 and norm is None
+    g_last = n[-1] * sw2[-1] / n[-2]
+    after = np.concatenate([np.cumprod(chis[:, ::-1], axis=1)[:, ::-1][:, 1:], np.ones((k, 1))], axis=1)
+    generic = n[-2] / hidden * after  # ||J e||^2 for a unit e of a generic direction, (K, L)
+    if homogeneous:
+        along_h, kappa = n[-2] * second[:, -1:] / (hidden * second), kappa / second
+    else:
+        along_h, kappa = generic, dsq
+    dz = gain**2 * g_last * (dsq * (hidden - 1) * generic + kappa * along_h)  # ||dLoss/dz^l||^2
+    grad_sq = np.concatenate([n[:-2] * in_sq * dz, n[-2] * second[:, -1:] * n[-1]], axis=1).mean(axis=0)
+    if homogeneous:
+        special = n[-2] * second[:, -1] / (n[0] * x_sq)
+    else:
+        special = n[-2] / n[0] * after[:, 0] * chis[:, 0]
+    msv = float(np.mean(((n[0] - 1) / n[0] * n[-2] * np.prod(chis, axis=1) + special) / min(n[0], n[-2])))
+    q, mean, second, chis = q.mean(0), mean.mean(0), second.mean(0), chis.mean(0)
     plain = not residual and norm is None
     fixed = fixed_point_summary(act, sw2[depth - 1], sigma_b2, q0=q[-1]) if plain else None
     return Prediction(q=q, act_mean=mean, act_std=np.sqrt(np.maximum(second - mean**2, 0.0)), chi=chis,
-                      grad_ratio=np.sqrt(grad_sq / grad_sq[-1]), jacobian_msv=msv, fixed=fixed, mean_sq=second,
+                      grad_ratio=np.sqrt(grad_sq / grad_sq[-1]), jacobian_msv=float(msv), fixed=fixed, mean_sq=second,
                       branch_scale=alpha)
 
 
@@ -182,12 +213,19 @@ def predict_network(sizes: Sequence[int], activation: str, init: str, x: Array, 
 
     init_params = dict(init_params or {})
     act = get_activation(activation, **(activation_params or {}))
-    second_moment = float(np.mean(np.square(x, dtype=np.float64)))
+    second_moment = _input_groups(x)
     sigma_b2 = effective_sigma_b2(init, **init_params)
     pred = predict(act, sizes, effective_sigma_w2(init, sizes, **init_params), sigma_b2, second_moment,
                    residual=residual, branch_scale=branch_scale, branch_gate=branch_gate, norm=norm)
     spread = act_len_logvar(sizes, act, init, x, sigma_b2=sigma_b2, residual=residual, norm=norm)
     return dataclasses.replace(pred, act_len_logvar=spread)
+
+
+def _input_groups(x: Array, groups: int = 32) -> Array:
+    """The inputs' mean squared entries (N,), sorted and averaged in ``groups`` equal groups -> (K,)
+    (K <= 32: the spread of input lengths at a fixed cost; the overall mean is kept exactly)."""
+    ms = np.sort(np.mean(np.square(np.asarray(x, dtype=np.float64)), axis=1))
+    return np.array([part.mean() for part in np.array_split(ms, min(groups, len(ms)))])
 
 
 def record(prediction: Prediction) -> dict[str, float]:
