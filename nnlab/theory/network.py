@@ -179,7 +179,9 @@ def predict(activation: Activation | str, sizes: Sequence[int], sigma_w2: Sequen
     # grows by prod_{k>l} chi_k; a positively homogeneous net without bias or norm has one
     # direction more, h^l itself, with J h^l = h^L exactly, which grows as E[(h^L)^2] / E[(h^l)^2]:
     # in a residual relu net faster than chi (the skip-branch cross term), by (3/2)^l at alpha = 1.
-    homogeneous = act.name in ("relu", "leaky_relu", "identity") and sigma_b2 == 0 and norm is None
+    # (In a plain net that direction grows like any other and its share is 1/n: left out, as the mean
+    # field leaves out every 1/n.)
+    homogeneous = residual and act.name in ("relu", "leaky_relu", "identity") and sigma_b2 == 0 and norm is None
     g_last = n[-1] * sw2[-1] / n[-2]
     after = np.concatenate([np.cumprod(chis[:, ::-1], axis=1)[:, ::-1][:, 1:], np.ones((k, 1))], axis=1)
     generic = n[-2] / hidden * after  # ||J e||^2 for a unit e of a generic direction, (K, L)
