@@ -49,7 +49,7 @@ def test_one_epoch_run_is_recorded_whole(make_cfg):
     jacobian = {f"jacobian_sv_{s}" for s in ("mean", "std", "min", "max")}
     theory = {f"{p}/layer_{i}" for p in ("preact_std", "theory/preact_std", "theory/act_std", "theory/chi")
               for i in range(1, 4)} | {f"theory/grad_ratio/layer_{i}" for i in range(1, 5)} | {
-        "theory/chi_star", "theory/xi_c"}
+        "theory/chi_star", "theory/xi_grad"}  # xavier tanh without bias: q* = 0, xi_c is no correlation scale
     at_init = {"act_len_logvar"}  # the activation length's spread across the probe batch, at initialisation
     assert names == RECORD | per_layer | after_a_step | FINAL | jacobian | theory | at_init
     for name in theory | at_init:  # predictions and the measurement they predict: at initialisation only

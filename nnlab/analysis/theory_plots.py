@@ -215,11 +215,12 @@ def sigma_w2_column(runs: pd.DataFrame) -> pd.Series:
 
 
 def theory_lines(activation: str, sigma_b2: float, sigma_w2: np.ndarray) -> tuple[float, np.ndarray]:
-    """(the critical sigma_w^2, 6 xi_c at each sigma_w^2) from nnlab.theory."""
+    """(the critical sigma_w^2, 6 xi_c at each sigma_w^2) from nnlab.theory (where q* is 0 or inf and
+    xi_c is no correlation depth scale, the gradient's xi_grad: ``FixedPoint.xi_trainable``)."""
     from nnlab import theory
 
     critical = theory.critical_sigma_w2(activation, sigma_b2)
-    six_xi = np.array([6 * theory.fixed_point_summary(activation, s, sigma_b2).xi_c for s in sigma_w2])
+    six_xi = np.array([6 * theory.fixed_point_summary(activation, s, sigma_b2).xi_trainable for s in sigma_w2])
     return critical, six_xi
 
 
