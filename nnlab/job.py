@@ -86,10 +86,11 @@ def init_diagnostics(spec: RunSpec, model, data) -> dict[str, float]:
 
     m = spec.model
     x_probe = np.asarray(data.x_train[: spec.train.probe_size], dtype=model.dtype)
-    if m["init"] not in INITIALIZERS or m["residual"] or m["norm"]:  # (fixup, lsuv: data or depth dependent)
+    if m["init"] not in INITIALIZERS:  # fixup, lsuv: scales set by the depth or the data, no mean-field sigma_w
         return preactivation_std(model, x_probe)  # no prediction for this network: theory/* absent
     prediction = theory.predict_network(model.sizes, m["activation"], m["init"], x_probe,
-                                        activation_params=m["activation_params"], init_params=m["init_params"])
+                                        activation_params=m["activation_params"], init_params=m["init_params"],
+                                        **{k: m[k] for k in ("residual", "branch_scale", "branch_gate", "norm")})
     return {**preactivation_std(model, x_probe), **theory.record(prediction)}
 
 
