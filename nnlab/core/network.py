@@ -7,6 +7,7 @@ import numpy as np
 
 from .activations import Activation, get_activation
 from .initializers import Initializer, get_bias_initializer, get_initializer
+from .parametrization import LayerScale, layer_scales, lr_multiplier_vector, scale_record
 
 Array = np.ndarray
 
@@ -95,12 +96,17 @@ class MLP(Module):
 
     Every parameter is a view into one flat array, ``flat_params`` (likewise ``flat_grads``), so
     an element-wise optimiser can update the whole network in a handful of NumPy calls.
+
+    ``parametrization`` (``sp``, ``ntk``, ``mup``; see ``nnlab.core.parametrization``) sets how each
+    layer's initial scale and learning rate depend on its width relative to ``base_width``; ``sp`` is
+    the initialiser as it is. ``readout_zero_init`` starts the output layer at zero.
     """
 
     def __init__(self, sizes: Sequence[int], activation: str | Activation = "relu",
                  init: str | Initializer = "he", *, activation_params: dict | None = None,
                  init_params: dict | None = None, rng: np.random.Generator | None = None,
-                 seed: int | None = None, dtype=np.float32):
+                 seed: int | None = None, dtype=np.float32, parametrization: str = "sp",
+                 base_width: int | Sequence[int] | None = None, readout_zero_init: bool = False):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must be >= 2 positive layer sizes [n_in, ..., n_out], got {sizes}")
@@ -110,6 +116,10 @@ class MLP(Module):
             raise ValueError("pass either rng or seed, not both")
         self.sizes = sizes
         self.dtype = np.dtype(dtype)
+        # checked before any draw: a refused parametrisation costs nothing
+        self.scales: list[LayerScale] = layer_scales(sizes, parametrization, base_width, init, init_params,
+                                                     readout_zero_init)
+        self.parametrization, self.base_width, self.readout_zero_init = parametrization, base_width, readout_zero_init
         self.activation = get_activation(activation, **(activation_params or {}))
         init_fn = get_initializer(init, **(init_params or {}))
         bias_fn = get_bias_initializer(init, **(init_params or {}))
@@ -124,7 +134,22 @@ class MLP(Module):
             for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))
         ]
         self.params = params
+        for layer, scale in zip(self.layers, self.scales):  # the parametrisation rescales the initialiser's draw
+            if scale.init_factor == 0.0:  # a zero readout (mup's readout_zero_init): its bias too
+                layer.W[...] = 0
+                layer.b[...] = 0
+            elif scale.init_factor != 1.0:
+                layer.W *= scale.init_factor
         self._scratch: list[Array] | None = None  # weight-shaped work arrays for add_weight_decay
+
+    def lr_multipliers(self, optimizer) -> Array:
+        """Per-parameter learning-rate multipliers (P,), laid out like ``flat_params``, for ``optimizer``
+        (a name or an Optimizer: ``sgd`` and ``momentum`` share one rule, ``adam`` has its own)."""
+        return lr_multiplier_vector(self.scales, optimizer, self.dtype)
+
+    def scale_record(self, optimizer) -> dict[str, float]:
+        """``lr_mult/layer_{i}`` and ``init_std/layer_{i}`` (i = 1 nearest the input, readout = depth + 1)."""
+        return scale_record(self.scales, optimizer)
 
     @classmethod
     def from_shape(cls, n_in: int, n_out: int, depth: int, width: int | Sequence[int], **kwargs) -> "MLP":

@@ -2,6 +2,12 @@
 
 An optimiser keeps only its own state (velocities, moments) and is handed ``(params, grads)`` at
 each step; it updates ``params`` in place. ``lr`` is a plain attribute so a schedule can set it.
+
+``lr_mult`` (optional) holds per-element learning-rate multipliers, one array per parameter array (for
+nnlab's MLP: one (P,) array beside ``flat_params``), e.g. a parametrisation's (``MLP.lr_multipliers``).
+Multipliers that are all 1 are dropped, so the step is then exactly the plain one. SGD and momentum fold
+them into a cached ``lr * lr_mult`` array (refreshed when ``lr`` changes): no extra work per step; Adam
+pays one multiply more.
 """
 from __future__ import annotations
 
@@ -26,9 +32,45 @@ def _fraction(name: str, value: float) -> float:
 
 
 class Optimizer:
-    def __init__(self, lr: float):
+    name = ""
+
+    def __init__(self, lr: float, lr_mult: Array | list[Array] | None = None):
         self.lr = _positive("lr", lr)
         self._scratch: list[Array] | None = None
+        self.lr_mult = lr_mult
+
+    @property
+    def lr_mult(self) -> list[Array] | None:
+        """Per-element lr multipliers, one array per parameter array, or None (all 1)."""
+        return self._lr_mult
+
+    @lr_mult.setter
+    def lr_mult(self, value: Array | list[Array] | None) -> None:
+        arrays = None if value is None else [np.asarray(value)] if isinstance(value, np.ndarray) else \
+            [np.asarray(v) for v in value]
+        if arrays is not None:
+            bad = [a for a in arrays if not (np.all(np.isfinite(a)) and np.all(a > 0))]
+            if bad:
+                raise ValueError(f"lr_mult must be finite and > 0, got values down to {np.min(bad[0])!r}")
+            if all(np.all(a == 1) for a in arrays):
+                arrays = None  # the plain step, bit for bit
+        self._lr_mult = arrays
+        self._lr_cache: tuple[float, list[Array]] | None = None
+
+    def _checked_mult(self, params: list[Array]) -> list[Array]:
+        if [m.shape for m in self._lr_mult] != [p.shape for p in params]:
+            raise ValueError(f"lr_mult shapes {[m.shape for m in self._lr_mult]} do not match the parameters' "
+                             f"{[p.shape for p in params]}")
+        return self._lr_mult
+
+    def effective_lr(self, params: list[Array]) -> list[Array] | list[float]:
+        """``lr * lr_mult`` per parameter array (cached until ``lr`` changes), or ``lr`` itself per array."""
+        if self._lr_mult is None:
+            return [self.lr] * len(params)
+        if self._lr_cache is None or self._lr_cache[0] != self.lr:
+            mults = self._checked_mult(params)
+            self._lr_cache = (self.lr, [(m * self.lr).astype(p.dtype, copy=False) for m, p in zip(mults, params)])
+        return self._lr_cache[1]
 
     def step(self, params: list[Array], grads: list[Array]) -> None:
         raise NotImplementedError
@@ -42,11 +84,13 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """p <- p - lr * g"""
+    """p <- p - lr * lr_mult * g"""
+
+    name = "sgd"
 
     def step(self, params: list[Array], grads: list[Array]) -> None:
-        for p, g, tmp in zip(params, grads, self.scratch(params)):
-            np.multiply(g, self.lr, out=tmp)
+        for p, g, tmp, lr in zip(params, grads, self.scratch(params), self.effective_lr(params)):
+            np.multiply(g, lr, out=tmp)
             p -= tmp
 
 
@@ -55,10 +99,14 @@ class Momentum(Optimizer):
 
     v <- mu v - lr g;  p <- p + v            (classic)
     v <- mu v - lr g;  p <- p + mu v - lr g  (Nesterov: the step looks ahead along v)
+    (lr times lr_mult, element-wise, when multipliers are set)
     """
 
-    def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False):
-        super().__init__(lr)
+    name = "momentum"
+
+    def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False,
+                 lr_mult: Array | list[Array] | None = None):
+        super().__init__(lr, lr_mult)
         self.momentum = _fraction("momentum", momentum)
         self.nesterov = bool(nesterov)
         self.velocities: list[Array] | None = None
@@ -66,9 +114,9 @@ class Momentum(Optimizer):
     def step(self, params: list[Array], grads: list[Array]) -> None:
         if self.velocities is None:
             self.velocities = [np.zeros_like(p) for p in params]
-        for p, g, v, tmp in zip(params, grads, self.velocities, self.scratch(params)):
+        for p, g, v, tmp, lr in zip(params, grads, self.velocities, self.scratch(params), self.effective_lr(params)):
             v *= self.momentum
-            np.multiply(g, self.lr, out=tmp)
+            np.multiply(g, lr, out=tmp)
             v -= tmp
             if self.nesterov:
                 p -= tmp
@@ -82,11 +130,15 @@ class Adam(Optimizer):
     """Kingma & Ba 2015, with the bias corrections folded into the step size (their section 2).
 
     The folded form adds ``eps`` to sqrt(v) rather than to sqrt(v_hat); the two differ only in
-    the effective eps, by a factor sqrt(1 - beta2^t).
+    the effective eps, by a factor sqrt(1 - beta2^t). With ``lr_mult`` each element's step is
+    multiplied by its multiplier.
     """
 
-    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__(lr)
+    name = "adam"
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 lr_mult: Array | list[Array] | None = None):
+        super().__init__(lr, lr_mult)
         self.beta1 = _fraction("beta1", beta1)
         self.beta2 = _fraction("beta2", beta2)
         self.eps = _positive("eps", eps)
@@ -101,7 +153,8 @@ class Adam(Optimizer):
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         step_size = self.lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
-        for p, g, m, v, tmp in zip(params, grads, self.m, self.v, self.scratch(params)):
+        mults = [None] * len(params) if self._lr_mult is None else self._checked_mult(params)
+        for p, g, m, v, tmp, mult in zip(params, grads, self.m, self.v, self.scratch(params), mults):
             # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p - step m / (sqrt(v) + eps), in place
             m *= b1
             np.multiply(g, 1 - b1, out=tmp)
@@ -114,6 +167,8 @@ class Adam(Optimizer):
             tmp += self.eps
             np.divide(m, tmp, out=tmp)
             tmp *= step_size
+            if mult is not None:
+                tmp *= mult
             p -= tmp
 
 
@@ -121,7 +176,8 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "ada
 
 
 def make_optimizer(name: str, **params) -> Optimizer:
-    """Build an optimiser by name: ``sgd(lr)``, ``momentum(lr, momentum, nesterov)``, ``adam(lr, beta1, beta2, eps)``."""
+    """Build an optimiser by name: ``sgd(lr)``, ``momentum(lr, momentum, nesterov)``, ``adam(lr, beta1, beta2, eps)``;
+    each also takes ``lr_mult`` (per-element multipliers, e.g. ``model.lr_multipliers(name)``)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(sorted(OPTIMIZERS))}")
     try:
