@@ -158,6 +158,25 @@ def test_optimizer_steps_multiply_each_element_by_its_multiplier():
     np.testing.assert_allclose(p, 1 - 0.1 * mult * np.sign(g), rtol=1e-6)
 
 
+def test_adam_multiplies_each_step_even_when_the_multipliers_change_midway():
+    """Adam keeps its first moment in multiplied units (no extra pass); changing lr_mult converts it."""
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(3, 4))
+    a, b = np.array([1.0, 2.0, 0.5, 4.0]), np.array([3.0, 1.0, 0.25, 1.0])
+    plain, p_plain = make_optimizer("adam", lr=0.1), np.zeros(4)
+    deltas = []
+    for g in grads:
+        before = p_plain.copy()
+        plain.step([p_plain], [g])
+        deltas.append(p_plain - before)
+    opt, p = make_optimizer("adam", lr=0.1, lr_mult=a), np.zeros(4)
+    opt.step([p], [grads[0]])
+    opt.step([p], [grads[1]])
+    opt.lr_mult = b
+    opt.step([p], [grads[2]])
+    np.testing.assert_allclose(p, a * deltas[0] + a * deltas[1] + b * deltas[2], rtol=1e-12)
+
+
 def test_optimizer_multipliers_of_one_are_dropped_and_bad_ones_refused():
     assert make_optimizer("adam", lr=0.1, lr_mult=np.ones(4)).lr_mult is None
     with pytest.raises(ValueError, match="lr_mult must be finite and > 0"):

@@ -5,9 +5,11 @@ each step; it updates ``params`` in place. ``lr`` is a plain attribute so a sche
 
 ``lr_mult`` (optional) holds per-element learning-rate multipliers, one array per parameter array (for
 nnlab's MLP: one (P,) array beside ``flat_params``), e.g. a parametrisation's (``MLP.lr_multipliers``).
-Multipliers that are all 1 are dropped, so the step is then exactly the plain one. SGD and momentum fold
-them into a cached ``lr * lr_mult`` array (refreshed when ``lr`` changes): no extra work per step; Adam
-pays one multiply more.
+Multipliers that are all 1 are dropped, so the step is then exactly the plain one. Neither optimiser does
+an extra pass over the parameters for them: SGD and momentum multiply the gradient by a cached
+``lr * lr_mult`` array (refreshed when ``lr`` changes) instead of by ``lr``; Adam, whose step is linear in
+its first moment, keeps that moment in multiplied units (``m`` holds ``lr_mult * m``) by multiplying the
+gradient by ``(1 - beta1) * lr_mult`` instead of ``1 - beta1``.
 """
 from __future__ import annotations
 
@@ -54,8 +56,13 @@ class Optimizer:
                 raise ValueError(f"lr_mult must be finite and > 0, got values down to {np.min(bad[0])!r}")
             if all(np.all(a == 1) for a in arrays):
                 arrays = None  # the plain step, bit for bit
+        old = getattr(self, "_lr_mult", None)
         self._lr_mult = arrays
         self._lr_cache: tuple[float, list[Array]] | None = None
+        self._rescale_state(old, arrays)
+
+    def _rescale_state(self, old: list[Array] | None, new: list[Array] | None) -> None:
+        """Keep optimiser state that is held in multiplied units consistent when ``lr_mult`` changes."""
 
     def _checked_mult(self, params: list[Array]) -> list[Array]:
         if [m.shape for m in self._lr_mult] != [p.shape for p in params]:
@@ -146,6 +153,22 @@ class Adam(Optimizer):
         self.m: list[Array] | None = None
         self.v: list[Array] | None = None
 
+    def _rescale_state(self, old: list[Array] | None, new: list[Array] | None) -> None:
+        m = getattr(self, "m", None)
+        if m is not None:  # m is held as lr_mult * m: convert it to the new multipliers
+            for i, moment in enumerate(m):
+                moment *= (1.0 if new is None else new[i]) / (1.0 if old is None else old[i])
+
+    def _gains(self, params: list[Array]) -> list:
+        """What the gradient is multiplied by on its way into m: 1 - beta1, times lr_mult (cached)."""
+        if self._lr_mult is None:
+            return [1 - self.beta1] * len(params)
+        if self._lr_cache is None or self._lr_cache[0] != self.beta1:
+            mults = self._checked_mult(params)
+            self._lr_cache = (self.beta1, [(m * (1 - self.beta1)).astype(p.dtype, copy=False)
+                                           for m, p in zip(mults, params)])
+        return self._lr_cache[1]
+
     def step(self, params: list[Array], grads: list[Array]) -> None:
         if self.m is None:
             self.m = [np.zeros_like(p) for p in params]
@@ -153,11 +176,11 @@ class Adam(Optimizer):
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         step_size = self.lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
-        mults = [None] * len(params) if self._lr_mult is None else self._checked_mult(params)
-        for p, g, m, v, tmp, mult in zip(params, grads, self.m, self.v, self.scratch(params), mults):
+        for p, g, m, v, tmp, gain in zip(params, grads, self.m, self.v, self.scratch(params), self._gains(params)):
             # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p - step m / (sqrt(v) + eps), in place
+            # (with lr_mult, m is lr_mult * m: the gain carries the multiplier and the step is multiplied)
             m *= b1
-            np.multiply(g, 1 - b1, out=tmp)
+            np.multiply(g, gain, out=tmp)
             m += tmp
             v *= b2
             np.multiply(g, g, out=tmp)
@@ -167,8 +190,6 @@ class Adam(Optimizer):
             tmp += self.eps
             np.divide(m, tmp, out=tmp)
             tmp *= step_size
-            if mult is not None:
-                tmp *= mult
             p -= tmp
 
 
