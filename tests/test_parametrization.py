@@ -158,6 +158,31 @@ def test_optimizer_steps_multiply_each_element_by_its_multiplier():
     np.testing.assert_allclose(p, 1 - 0.1 * mult * np.sign(g), rtol=1e-6)
 
 
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "adam"])
+def test_multipliers_that_vary_often_take_the_array_path_with_the_same_result(opt):
+    """A parametrisation's multipliers are a few runs (applied as scalars); arbitrary ones use an array."""
+    rng = np.random.default_rng(0)
+    grads = rng.normal(size=(3, 500))
+    varied = rng.uniform(0.5, 2.0, size=500)  # ~500 runs: the array path
+    blocks = np.repeat([0.5, 2.0, 1.5, 0.25], 125)  # 4 runs: the scalar path
+    for mult in (varied, blocks):
+        plain, p_plain = make_optimizer(opt, lr=0.1), np.zeros(500)
+        scaled, p = make_optimizer(opt, lr=0.1, lr_mult=mult), np.zeros(500)
+        for t, g in enumerate(grads):
+            if t == 2:  # a schedule's new rate reaches the multiplied rate on both paths
+                plain.lr = scaled.lr = 0.05
+            before = p_plain.copy()
+            plain.step([p_plain], [g])
+            if opt == "sgd":  # SGD's step is lr * g: the multiplied one is lr * m * g
+                expected = p + mult * (p_plain - before)
+                scaled.step([p], [g])
+                np.testing.assert_allclose(p, expected, rtol=1e-12)
+            else:
+                scaled.step([p], [g])
+        if opt != "sgd":  # momentum and Adam are linear in their first moment: every step is multiplied
+            np.testing.assert_allclose(p, mult * p_plain, rtol=1e-12)
+
+
 def test_adam_multiplies_each_step_even_when_the_multipliers_change_midway():
     """Adam keeps its first moment in multiplied units (no extra pass); changing lr_mult converts it."""
     rng = np.random.default_rng(0)

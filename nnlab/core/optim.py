@@ -5,11 +5,13 @@ each step; it updates ``params`` in place. ``lr`` is a plain attribute so a sche
 
 ``lr_mult`` (optional) holds per-element learning-rate multipliers, one array per parameter array (for
 nnlab's MLP: one (P,) array beside ``flat_params``), e.g. a parametrisation's (``MLP.lr_multipliers``).
-Multipliers that are all 1 are dropped, so the step is then exactly the plain one. Neither optimiser does
-an extra pass over the parameters for them: SGD and momentum multiply the gradient by a cached
-``lr * lr_mult`` array (refreshed when ``lr`` changes) instead of by ``lr``; Adam, whose step is linear in
-its first moment, keeps that moment in multiplied units (``m`` holds ``lr_mult * m``) by multiplying the
-gradient by ``(1 - beta1) * lr_mult`` instead of ``1 - beta1``.
+Multipliers that are all 1 are dropped, so the step is then exactly the plain one. No optimiser does an
+extra pass over the parameters for them: each already multiplies the gradient by a scalar once (SGD and
+momentum by ``lr``, Adam by ``1 - beta1`` on its way into the first moment, on which its step is linear),
+and that multiply takes the multipliers along. A parametrisation's multipliers are constant per layer, so
+they are applied run by run as scalars (a handful of ufunc calls, no extra memory traffic); multipliers
+that vary more often than ``MAX_RUNS`` times use a cached ``factor * lr_mult`` array. Adam therefore keeps
+its first moment in multiplied units (``m`` holds ``lr_mult * m``; setting new multipliers converts it).
 """
 from __future__ import annotations
 
@@ -19,6 +21,17 @@ from typing import Callable
 import numpy as np
 
 Array = np.ndarray
+MAX_RUNS = 64  # multipliers constant over at most this many runs are applied run by run, as scalars
+
+
+def _runs(mult: Array) -> list[tuple[int, int, float]] | None:
+    """(start, stop, value) of each run of equal values in ``mult`` (flattened); None if there are too many."""
+    flat = mult.reshape(-1)
+    cuts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if len(cuts) >= MAX_RUNS:
+        return None
+    edges = [0, *cuts.tolist(), flat.size]
+    return [(a, b, float(flat[a])) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _positive(name: str, value: float) -> float:
@@ -58,7 +71,8 @@ class Optimizer:
                 arrays = None  # the plain step, bit for bit
         old = getattr(self, "_lr_mult", None)
         self._lr_mult = arrays
-        self._lr_cache: tuple[float, list[Array]] | None = None
+        self._runs: list | None = None  # built at the first step, when the parameters' shapes are known
+        self._scaled: dict[int, tuple[float, Array]] = {}  # i -> (factor, factor * lr_mult[i]) where runs are None
         self._rescale_state(old, arrays)
 
     def _rescale_state(self, old: list[Array] | None, new: list[Array] | None) -> None:
@@ -70,14 +84,23 @@ class Optimizer:
                              f"{[p.shape for p in params]}")
         return self._lr_mult
 
-    def effective_lr(self, params: list[Array]) -> list[Array] | list[float]:
-        """``lr * lr_mult`` per parameter array (cached until ``lr`` changes), or ``lr`` itself per array."""
+    def multiply_into(self, params: list[Array], i: int, g: Array, factor: float, out: Array) -> None:
+        """``out = g * factor * lr_mult[i]`` in one pass over ``g`` (``out = g * factor`` without multipliers)."""
         if self._lr_mult is None:
-            return [self.lr] * len(params)
-        if self._lr_cache is None or self._lr_cache[0] != self.lr:
-            mults = self._checked_mult(params)
-            self._lr_cache = (self.lr, [(m * self.lr).astype(p.dtype, copy=False) for m, p in zip(mults, params)])
-        return self._lr_cache[1]
+            np.multiply(g, factor, out=out)
+            return
+        if self._runs is None:
+            self._runs = [_runs(m) for m in self._checked_mult(params)]
+        runs = self._runs[i]
+        if runs is not None and g.flags.c_contiguous and out.flags.c_contiguous:
+            g_flat, out_flat = g.reshape(-1), out.reshape(-1)  # views: both are contiguous
+            for start, stop, value in runs:
+                np.multiply(g_flat[start:stop], factor * value, out=out_flat[start:stop])
+            return
+        cached = self._scaled.get(i)
+        if cached is None or cached[0] != factor:  # refreshed when a schedule changes lr
+            cached = self._scaled[i] = (factor, (self._lr_mult[i] * factor).astype(g.dtype, copy=False))
+        np.multiply(g, cached[1], out=out)
 
     def step(self, params: list[Array], grads: list[Array]) -> None:
         raise NotImplementedError
@@ -96,8 +119,8 @@ class SGD(Optimizer):
     name = "sgd"
 
     def step(self, params: list[Array], grads: list[Array]) -> None:
-        for p, g, tmp, lr in zip(params, grads, self.scratch(params), self.effective_lr(params)):
-            np.multiply(g, lr, out=tmp)
+        for i, (p, g, tmp) in enumerate(zip(params, grads, self.scratch(params))):
+            self.multiply_into(params, i, g, self.lr, tmp)
             p -= tmp
 
 
@@ -121,9 +144,9 @@ class Momentum(Optimizer):
     def step(self, params: list[Array], grads: list[Array]) -> None:
         if self.velocities is None:
             self.velocities = [np.zeros_like(p) for p in params]
-        for p, g, v, tmp, lr in zip(params, grads, self.velocities, self.scratch(params), self.effective_lr(params)):
+        for i, (p, g, v, tmp) in enumerate(zip(params, grads, self.velocities, self.scratch(params))):
             v *= self.momentum
-            np.multiply(g, lr, out=tmp)
+            self.multiply_into(params, i, g, self.lr, tmp)
             v -= tmp
             if self.nesterov:
                 p -= tmp
@@ -159,16 +182,6 @@ class Adam(Optimizer):
             for i, moment in enumerate(m):
                 moment *= (1.0 if new is None else new[i]) / (1.0 if old is None else old[i])
 
-    def _gains(self, params: list[Array]) -> list:
-        """What the gradient is multiplied by on its way into m: 1 - beta1, times lr_mult (cached)."""
-        if self._lr_mult is None:
-            return [1 - self.beta1] * len(params)
-        if self._lr_cache is None or self._lr_cache[0] != self.beta1:
-            mults = self._checked_mult(params)
-            self._lr_cache = (self.beta1, [(m * (1 - self.beta1)).astype(p.dtype, copy=False)
-                                           for m, p in zip(mults, params)])
-        return self._lr_cache[1]
-
     def step(self, params: list[Array], grads: list[Array]) -> None:
         if self.m is None:
             self.m = [np.zeros_like(p) for p in params]
@@ -176,11 +189,11 @@ class Adam(Optimizer):
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         step_size = self.lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
-        for p, g, m, v, tmp, gain in zip(params, grads, self.m, self.v, self.scratch(params), self._gains(params)):
+        for i, (p, g, m, v, tmp) in enumerate(zip(params, grads, self.m, self.v, self.scratch(params))):
             # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p - step m / (sqrt(v) + eps), in place
-            # (with lr_mult, m is lr_mult * m: the gain carries the multiplier and the step is multiplied)
+            # (with lr_mult, m is lr_mult * m: the multipliers ride on the (1 - b1) multiply, and so does the step)
             m *= b1
-            np.multiply(g, gain, out=tmp)
+            self.multiply_into(params, i, g, 1 - b1, tmp)
             m += tmp
             v *= b2
             np.multiply(g, g, out=tmp)
