@@ -8,6 +8,7 @@ import pytest
 from nnlab.core import (MLP, TrainConfig, evaluate, fit, get_initializer, get_loss, init_variance, l2_penalty,
                         layer_scales, loss_and_grads, make_optimizer, mse_one_hot)
 from nnlab.core.initializers import get_bias_initializer
+from nnlab.core.optim import MIN_RUN
 from nnlab.data import load_dataset
 
 from test_core_gradients import numerical_grads, relative_error
@@ -162,12 +163,13 @@ def test_optimizer_steps_multiply_each_element_by_its_multiplier():
 def test_multipliers_that_vary_often_take_the_array_path_with_the_same_result(opt):
     """A parametrisation's multipliers are a few runs (applied as scalars); arbitrary ones use an array."""
     rng = np.random.default_rng(0)
-    grads = rng.normal(size=(3, 500))
     varied = rng.uniform(0.5, 2.0, size=500)  # ~500 runs: the array path
-    blocks = np.repeat([0.5, 2.0, 1.5, 0.25], 125)  # 4 runs: the scalar path
-    for mult in (varied, blocks):
-        plain, p_plain = make_optimizer(opt, lr=0.1), np.zeros(500)
-        scaled, p = make_optimizer(opt, lr=0.1, lr_mult=mult), np.zeros(500)
+    short = np.repeat([0.5, 2.0], 250)  # 2 runs, too short to be worth a ufunc call each: the array path
+    blocks = np.repeat([0.5, 2.0, 1.5, 0.25], MIN_RUN)  # 4 long runs: the scalar path
+    for mult in (varied, short, blocks):
+        grads = rng.normal(size=(3, len(mult)))
+        plain, p_plain = make_optimizer(opt, lr=0.1), np.zeros(len(mult))
+        scaled, p = make_optimizer(opt, lr=0.1, lr_mult=mult), np.zeros(len(mult))
         for t, g in enumerate(grads):
             if t == 2:  # a schedule's new rate reaches the multiplied rate on both paths
                 plain.lr = scaled.lr = 0.05
@@ -181,6 +183,7 @@ def test_multipliers_that_vary_often_take_the_array_path_with_the_same_result(op
                 scaled.step([p], [g])
         if opt != "sgd":  # momentum and Adam are linear in their first moment: every step is multiplied
             np.testing.assert_allclose(p, mult * p_plain, rtol=1e-12)
+        assert (scaled._runs[0] is None) == (mult is not blocks)
 
 
 def test_adam_multiplies_each_step_even_when_the_multipliers_change_midway():

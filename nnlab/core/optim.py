@@ -9,8 +9,8 @@ Multipliers that are all 1 are dropped, so the step is then exactly the plain on
 extra pass over the parameters for them: each already multiplies the gradient by a scalar once (SGD and
 momentum by ``lr``, Adam by ``1 - beta1`` on its way into the first moment, on which its step is linear),
 and that multiply takes the multipliers along. A parametrisation's multipliers are constant per layer, so
-they are applied run by run as scalars (a handful of ufunc calls, no extra memory traffic); multipliers
-that vary more often than ``MAX_RUNS`` times use a cached ``factor * lr_mult`` array. Adam therefore keeps
+they are applied run by run as scalars (a handful of ufunc calls, no extra memory traffic) where the runs are
+long (``MIN_RUN``); short or many runs use a cached ``factor * lr_mult`` array (one more array read). Adam therefore keeps
 its first moment in multiplied units (``m`` holds ``lr_mult * m``; setting new multipliers converts it).
 """
 from __future__ import annotations
@@ -22,13 +22,15 @@ import numpy as np
 
 Array = np.ndarray
 MAX_RUNS = 64  # multipliers constant over at most this many runs are applied run by run, as scalars
+MIN_RUN = 4096  # ... if the runs are this long on average: one ufunc call costs about what streaming 4k floats does
 
 
 def _runs(mult: Array) -> list[tuple[int, int, float]] | None:
-    """(start, stop, value) of each run of equal values in ``mult`` (flattened); None if there are too many."""
+    """(start, stop, value) of each run of equal values in ``mult`` (flattened); None if there are too many
+    or they are too short to beat one multiply by an array."""
     flat = mult.reshape(-1)
     cuts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    if len(cuts) >= MAX_RUNS:
+    if len(cuts) >= MAX_RUNS or flat.size < MIN_RUN * (len(cuts) + 1):
         return None
     edges = [0, *cuts.tolist(), flat.size]
     return [(a, b, float(flat[a])) for a, b in zip(edges[:-1], edges[1:])]
