@@ -3,17 +3,17 @@
 A training step is what ``train_epoch`` does per mini-batch: forward, backward and the optimiser's update
 of the flat parameter vector. "today" is the optimiser without multipliers (``lr_mult=None``: the code as
 it was, and what SP runs, since all-ones multipliers are dropped); "with multipliers" is the same step with
-muP's per-element multipliers (base width = hidden width / 4, so none of them is 1 by accident). SGD and
-momentum fold the multipliers into a cached ``lr * lr_mult`` array; Adam does one multiply more.
+muP's per-element multipliers (base width = hidden width / 4, so none of them is 1 by accident). The
+multipliers ride on the multiply by a scalar each optimiser already does (see ``nnlab.core.optim``).
 
-BLAS is limited to one thread and time is the process's CPU time (``time.process_time``): on a machine shared
-by other jobs, wall time mostly measures waiting for a core. The variants alternate within each round, in rotating order; the
-ratio is the median over rounds of each round's (with multipliers / today), so what contention remains
-(caches, memory bandwidth) hits both sides of a ratio alike. An A/A column times today's step against a
-second copy of itself: the noise floor of the ratio on this machine. Since forward and backward are the same
-code in both variants, the update is also timed alone (``optimizer.step`` on the flat vector, alternating the
-same way, on copies of one parameter vector with one fixed gradient, so both see the same numbers): today's
-step plus the update's extra time gives a second, less noisy estimate of the ratio.
+BLAS is limited to one thread and time is the process's CPU time (``time.process_time``): on a machine
+shared by other jobs, wall time mostly measures waiting for a core. The variants alternate within each
+round, in rotating order; the ratio is the median over rounds of each round's (with multipliers / today),
+so what contention remains (caches, memory bandwidth) hits both sides of a ratio alike. An A/A column times
+today's step against a second copy of itself: the noise floor of the ratio on this machine. Since forward
+and backward are the same code in both variants, the update is also timed alone (``optimizer.step`` on the
+flat vector, alternating the same way, on copies of one parameter vector with one fixed gradient, so both
+see the same numbers): today's step plus the update's extra time gives a second, less noisy estimate.
 
     python benchmarks/bench_parametrization.py [--steps 40] [--rounds 41]
 """
@@ -115,7 +115,7 @@ def markdown(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="training steps per timing (default 40)")
-    parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds; the median is reported (default 41)")
+    parser.add_argument("--rounds", type=int, default=41, help="interleaved rounds; medians are reported (default 41)")
     args = parser.parse_args()
     with threadpool_limits(limits=1, user_api="blas"):
         rows = bench(args.steps, args.rounds)

@@ -63,7 +63,8 @@ def coord_frame(history: pd.DataFrame, runs: pd.DataFrame, by: Sequence[str] = B
     if not keep.any():
         raise ValueError("history has no coord/* metrics: run the study with diagnostics.coord_steps > 0")
     rows = history.loc[keep].copy()
-    rows["layer"] = np.where(parts.loc[keep, "logits"].notna(), "logits", "layer " + parts.loc[keep, "layer"].fillna(""))
+    layer = "layer " + parts.loc[keep, "layer"].fillna("")
+    rows["layer"] = np.where(parts.loc[keep, "logits"].notna(), "logits", layer)
     finished = runs[~runs["failed"]] if "failed" in runs.columns else runs
     columns = [c for c in (*by, WIDTH, SEED) if c in runs.columns]
     out = with_params(rows, finished, columns)

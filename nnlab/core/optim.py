@@ -10,8 +10,9 @@ extra pass over the parameters for them: each already multiplies the gradient by
 momentum by ``lr``, Adam by ``1 - beta1`` on its way into the first moment, on which its step is linear),
 and that multiply takes the multipliers along. A parametrisation's multipliers are constant per layer, so
 they are applied run by run as scalars (a handful of ufunc calls, no extra memory traffic) where the runs are
-long (``MIN_RUN``); short or many runs use a cached ``factor * lr_mult`` array (one more array read). Adam therefore keeps
-its first moment in multiplied units (``m`` holds ``lr_mult * m``; setting new multipliers converts it).
+long (``MIN_RUN``); short or many runs use a cached ``factor * lr_mult`` array (one more array read).
+Adam therefore keeps its first moment in multiplied units (``m`` holds ``lr_mult * m``; setting new
+multipliers converts it).
 """
 from __future__ import annotations
 

@@ -115,7 +115,8 @@ def loss_and_grads(model: MLP, x: Array, y: Array, weight_decay: float = 0.0,
                    train_meter: TrainMeter | None = None, loss_fn: LossFn = softmax_cross_entropy) -> float:
     """Forward + backward on one batch: fills ``model.grads()``, returns the regularised loss.
 
-    ``train_meter`` (if given) is shown the batch's loss and logits; ``loss_fn`` is one of ``nnlab.core.losses.LOSSES``."""
+    ``train_meter`` (if given) is shown the batch's loss and logits; ``loss_fn`` is one of
+    ``nnlab.core.losses.LOSSES``."""
     logits = model.forward(x, reuse=True)
     loss, dlogits = loss_fn(logits, y)
     if train_meter is not None:
