@@ -6,10 +6,12 @@ from .diagnostics import GradNormMeter, TrainMeter, activation_length_logvar, ac
 from .initializers import INITIALIZERS, MODEL_INITIALIZERS, fixup, get_bias_initializer, get_initializer, lsuv
 from .instruments import InstrumentConfig, Instruments
 from .jacobian import JacobianProbe, hidden_jacobians, jacobian_singular_values, jacobian_stats
-from .losses import l2_penalty, log_softmax, softmax, softmax_cross_entropy
+from .losses import LOSSES, get_loss, l2_penalty, log_softmax, mse_one_hot, softmax, softmax_cross_entropy
 from .network import MLP, NORMS, Dense, Module, hidden_sizes
 from .norm import LayerNorm
 from .optim import OPTIMIZERS, SCHEDULES, SGD, Adam, Momentum, Optimizer, get_schedule, make_optimizer
+from .parametrization import (INIT_VARIANCES, PARAMETRIZATIONS, LayerScale, coord_stats, init_variance,
+                              layer_scales, scale_record)
 from .train import (DivergenceError, History, TrainConfig, accuracy, evaluate, fit, loss_and_grads, predict,
                     train_epoch)
 
@@ -22,4 +24,6 @@ __all__ = [
     "make_optimizer", "DivergenceError", "History", "TrainConfig", "accuracy", "evaluate", "fit",
     "loss_and_grads", "predict", "train_epoch", "InstrumentConfig", "Instruments",
     "Block", "LayerNorm", "NORMS", "MODEL_INITIALIZERS", "fixup", "lsuv", "activation_length_logvar",
+    "LOSSES", "get_loss", "mse_one_hot", "INIT_VARIANCES", "PARAMETRIZATIONS", "LayerScale", "coord_stats",
+    "init_variance", "layer_scales", "scale_record",
 ]

@@ -37,12 +37,14 @@ class InstrumentConfig:
     sharpness_every: int = 0  # epochs between sharpness measurements (0, 1*k, 2*k, ...); 0 = off
     sharpness_size: int = 1000  # training samples the Hessian is taken on (the first ones)
     sharpness_iters: int = 20  # power iterations (each: two gradients on sharpness_size samples)
+    coord_steps: int = 0  # the coordinate check: coord/* at optimiser steps 0..coord_steps (0 = off)
 
     def __post_init__(self) -> None:
         for name in ("update_ratio", "dist_init", "grad_noise_scale"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        for name, low in (("sharpness_every", 0), ("sharpness_size", 1), ("sharpness_iters", 1)):
+        for name, low in (("sharpness_every", 0), ("sharpness_size", 1), ("sharpness_iters", 1),
+                          ("coord_steps", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -1,5 +1,9 @@
-"""Softmax and the fused softmax cross-entropy loss, plus L2 weight decay."""
+"""Losses of (N, C) logits against (N,) integer labels, each returning (mean loss, dL/dlogits) in one
+fused pass: softmax cross-entropy and the squared error against one-hot targets; plus L2 weight decay.
+``LOSSES`` keys them by the names ``TrainConfig.loss`` takes."""
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -34,6 +38,32 @@ def softmax_cross_entropy(logits: Array, y: Array) -> tuple[float, Array]:
     dlogits[rows, y] -= 1.0
     dlogits /= n
     return loss, dlogits
+
+
+def mse_one_hot(logits: Array, y: Array) -> tuple[float, Array]:
+    """Mean squared error of (N, C) logits against the one-hot rows of (N,) labels, and dL/dlogits (N, C).
+
+    L = (1/(N C)) sum_{n,c} (z_nc - [c = y_n])^2, the mean over every entry (torch's ``mse_loss`` on one-hot
+    targets, as mup's coordinate check uses), so dL/dz = 2 (z - onehot) / (N C). The residual is built in
+    the gradient's own array: one (N, C) array per call, like the cross-entropy.
+    """
+    n, c = logits.shape
+    dlogits = np.array(logits, dtype=np.result_type(logits.dtype, np.float32), copy=True)  # z - onehot, in place
+    dlogits[np.arange(n), y] -= 1.0
+    loss = float(np.vdot(dlogits, dlogits)) / (n * c)
+    dlogits *= 2.0 / (n * c)
+    return loss, dlogits
+
+
+LossFn = Callable[[Array, Array], tuple[float, Array]]
+LOSSES: dict[str, LossFn] = {"cross_entropy": softmax_cross_entropy, "mse": mse_one_hot}
+
+
+def get_loss(name: str) -> LossFn:
+    """The loss function ``(logits (N, C), y (N,)) -> (mean loss, dL/dlogits (N, C))`` for a name."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid choices: {', '.join(sorted(LOSSES))}")
+    return LOSSES[name]
 
 
 def l2_penalty(weights: list[Array], weight_decay: float) -> float:

@@ -9,6 +9,7 @@ from .activations import Activation, get_activation
 from .blocks import Block
 from .initializers import MODEL_INITIALIZERS, Initializer, fixup, get_bias_initializer, get_initializer
 from .norm import LayerNorm
+from .parametrization import LayerScale, layer_scales, lr_multiplier_vector, scale_record
 
 Array = np.ndarray
 
@@ -125,6 +126,11 @@ class MLP(Module):
     and bias, gate, shift; layer 2 first), and ``grads()`` is aligned with it. Every parameter is a view into
     one flat array, ``flat_params`` (likewise ``flat_grads``), so an element-wise optimiser updates the whole
     network, gates and gains included, in a handful of NumPy calls.
+
+    ``parametrization`` (``sp``, ``ntk``, ``mup``; see ``nnlab.core.parametrization``) sets how each
+    layer's initial scale and learning rate depend on its width relative to ``base_width``; ``sp`` is
+    the initialiser as it is. ``readout_zero_init`` starts the output layer at zero. A hidden layer's own
+    parameters (LayerNorm gain and bias, gate, shift) take the learning-rate multiplier of its biases.
     """
 
     def __init__(self, sizes: Sequence[int], activation: str | Activation = "relu",
@@ -132,7 +138,8 @@ class MLP(Module):
                  init_params: dict | None = None, rng: np.random.Generator | None = None,
                  seed: int | None = None, dtype=np.float32, residual: bool = False,
                  branch_scale: float | None = None, branch_gate: bool = False, branch_shift: bool = False,
-                 norm: str | None = None):
+                 norm: str | None = None, parametrization: str = "sp",
+                 base_width: int | Sequence[int] | None = None, readout_zero_init: bool = False):
         sizes = [int(s) for s in sizes]
         if len(sizes) < 2 or any(s < 1 for s in sizes):
             raise ValueError(f"sizes must be >= 2 positive layer sizes [n_in, ..., n_out], got {sizes}")
@@ -146,12 +153,16 @@ class MLP(Module):
         if init == "fixup":  # Fixup's scalar multiplier (at 0) and bias per branch: the gate and the shift
             branch_gate, branch_shift = True, True
         self.architecture = _architecture(sizes, residual, branch_scale, branch_gate, branch_shift, norm, init)
-        self.activation = get_activation(activation, **(activation_params or {}))
         init_params = dict(init_params or {})
         # LSUV's own settings ride along in init_params (the config's init group) until lsuv() uses them
         self.lsuv_options = {k: init_params.pop(k) for k in ("tol", "max_passes") if k in init_params} \
             if init == "lsuv" else {}
-        base = MODEL_INITIALIZERS.get(init, init) if isinstance(init, str) else init
+        base = MODEL_INITIALIZERS.get(init, init) if isinstance(init, str) else init  # fixup: he, lsuv: orthogonal
+        # checked before any draw: a refused parametrisation costs nothing
+        self.scales: list[LayerScale] = layer_scales(sizes, parametrization, base_width, base, init_params,
+                                                     readout_zero_init)
+        self.parametrization, self.base_width, self.readout_zero_init = parametrization, base_width, readout_zero_init
+        self.activation = get_activation(activation, **(activation_params or {}))
         init_fn = get_initializer(base, **init_params)
         bias_fn = get_bias_initializer(base, **init_params)
         identity = get_activation("identity")
@@ -168,11 +179,18 @@ class MLP(Module):
             for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:]))
         ]
         self.params = params
+        for layer, scale in zip(self.layers, self.scales):  # the parametrisation rescales the initialiser's draw
+            if scale.init_factor == 0.0:  # a zero readout (mup's readout_zero_init): its bias too
+                layer.W[...] = 0
+                layer.b[...] = 0
+            elif scale.init_factor != 1.0:
+                layer.W *= scale.init_factor
         self._grads = grads
         # hidden layer i's own parameters by name: {i: {"ln_gain": (p, g), ...}}
         own: dict[int, dict[str, tuple[Array, Array]]] = {}
         for k, (i, name, _) in enumerate(extra, 2 * n_layers):
             own.setdefault(i, {})[name] = (params[k], grads[k])
+        self._own_params = [(i, params[k]) for k, (i, _, _) in enumerate(extra, 2 * n_layers)]  # flat order
         # hidden layers: the first is a bare Dense (no skip, no norm); later ones a Block when they have one
         self.blocks: list[Dense | Block] = self.layers[:1] if depth else []
         a = self.architecture
@@ -194,6 +212,20 @@ class MLP(Module):
         self.needs_data_init = init == "lsuv"
         if init == "fixup":
             fixup(self)
+
+    def lr_multipliers(self, optimizer) -> Array:
+        """Per-parameter learning-rate multipliers (P,), laid out like ``flat_params``, for ``optimizer``
+        (a name or an Optimizer: ``sgd`` and ``momentum`` share one rule, ``adam`` has its own). A hidden
+        layer's own parameters (LayerNorm, gate, shift: vector-like) take its biases' multiplier."""
+        from .parametrization import optimizer_kind
+
+        kind = optimizer_kind(optimizer)
+        own = [np.full(p.size, self.scales[i - 1].lr_bias[kind], self.dtype) for i, p in self._own_params]
+        return np.concatenate([lr_multiplier_vector(self.scales, optimizer, self.dtype), *own])
+
+    def scale_record(self, optimizer) -> dict[str, float]:
+        """``lr_mult/layer_{i}`` and ``init_std/layer_{i}`` (i = 1 nearest the input, readout = depth + 1)."""
+        return scale_record(self.scales, optimizer)
 
     @classmethod
     def from_shape(cls, n_in: int, n_out: int, depth: int, width: int | Sequence[int], **kwargs) -> "MLP":

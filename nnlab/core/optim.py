@@ -2,6 +2,17 @@
 
 An optimiser keeps only its own state (velocities, moments) and is handed ``(params, grads)`` at
 each step; it updates ``params`` in place. ``lr`` is a plain attribute so a schedule can set it.
+
+``lr_mult`` (optional) holds per-element learning-rate multipliers, one array per parameter array (for
+nnlab's MLP: one (P,) array beside ``flat_params``), e.g. a parametrisation's (``MLP.lr_multipliers``).
+Multipliers that are all 1 are dropped, so the step is then exactly the plain one. No optimiser does an
+extra pass over the parameters for them: each already multiplies the gradient by a scalar once (SGD and
+momentum by ``lr``, Adam by ``1 - beta1`` on its way into the first moment, on which its step is linear),
+and that multiply takes the multipliers along. A parametrisation's multipliers are constant per layer, so
+they are applied run by run as scalars (a handful of ufunc calls, no extra memory traffic) where the runs are
+long (``MIN_RUN``); short or many runs use a cached ``factor * lr_mult`` array (one more array read).
+Adam therefore keeps its first moment in multiplied units (``m`` holds ``lr_mult * m``; setting new
+multipliers converts it).
 """
 from __future__ import annotations
 
@@ -11,6 +22,19 @@ from typing import Callable
 import numpy as np
 
 Array = np.ndarray
+MAX_RUNS = 64  # multipliers constant over at most this many runs are applied run by run, as scalars
+MIN_RUN = 4096  # ... if the runs are this long on average: one ufunc call costs about what streaming 4k floats does
+
+
+def _runs(mult: Array) -> list[tuple[int, int, float]] | None:
+    """(start, stop, value) of each run of equal values in ``mult`` (flattened); None if there are too many
+    or they are too short to beat one multiply by an array."""
+    flat = mult.reshape(-1)
+    cuts = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    if len(cuts) >= MAX_RUNS or flat.size < MIN_RUN * (len(cuts) + 1):
+        return None
+    edges = [0, *cuts.tolist(), flat.size]
+    return [(a, b, float(flat[a])) for a, b in zip(edges[:-1], edges[1:])]
 
 
 def _positive(name: str, value: float) -> float:
@@ -26,9 +50,60 @@ def _fraction(name: str, value: float) -> float:
 
 
 class Optimizer:
-    def __init__(self, lr: float):
+    name = ""
+
+    def __init__(self, lr: float, lr_mult: Array | list[Array] | None = None):
         self.lr = _positive("lr", lr)
         self._scratch: list[Array] | None = None
+        self.lr_mult = lr_mult
+
+    @property
+    def lr_mult(self) -> list[Array] | None:
+        """Per-element lr multipliers, one array per parameter array, or None (all 1)."""
+        return self._lr_mult
+
+    @lr_mult.setter
+    def lr_mult(self, value: Array | list[Array] | None) -> None:
+        arrays = None if value is None else [np.asarray(value)] if isinstance(value, np.ndarray) else \
+            [np.asarray(v) for v in value]
+        if arrays is not None:
+            bad = [a for a in arrays if not (np.all(np.isfinite(a)) and np.all(a > 0))]
+            if bad:
+                raise ValueError(f"lr_mult must be finite and > 0, got values down to {np.min(bad[0])!r}")
+            if all(np.all(a == 1) for a in arrays):
+                arrays = None  # the plain step, bit for bit
+        old = getattr(self, "_lr_mult", None)
+        self._lr_mult = arrays
+        self._runs: list | None = None  # built at the first step, when the parameters' shapes are known
+        self._scaled: dict[int, tuple[float, Array]] = {}  # i -> (factor, factor * lr_mult[i]) where runs are None
+        self._rescale_state(old, arrays)
+
+    def _rescale_state(self, old: list[Array] | None, new: list[Array] | None) -> None:
+        """Keep optimiser state that is held in multiplied units consistent when ``lr_mult`` changes."""
+
+    def _checked_mult(self, params: list[Array]) -> list[Array]:
+        if [m.shape for m in self._lr_mult] != [p.shape for p in params]:
+            raise ValueError(f"lr_mult shapes {[m.shape for m in self._lr_mult]} do not match the parameters' "
+                             f"{[p.shape for p in params]}")
+        return self._lr_mult
+
+    def multiply_into(self, params: list[Array], i: int, g: Array, factor: float, out: Array) -> None:
+        """``out = g * factor * lr_mult[i]`` in one pass over ``g`` (``out = g * factor`` without multipliers)."""
+        if self._lr_mult is None:
+            np.multiply(g, factor, out=out)
+            return
+        if self._runs is None:
+            self._runs = [_runs(m) for m in self._checked_mult(params)]
+        runs = self._runs[i]
+        if runs is not None and g.flags.c_contiguous and out.flags.c_contiguous:
+            g_flat, out_flat = g.reshape(-1), out.reshape(-1)  # views: both are contiguous
+            for start, stop, value in runs:
+                np.multiply(g_flat[start:stop], factor * value, out=out_flat[start:stop])
+            return
+        cached = self._scaled.get(i)
+        if cached is None or cached[0] != factor:  # refreshed when a schedule changes lr
+            cached = self._scaled[i] = (factor, (self._lr_mult[i] * factor).astype(g.dtype, copy=False))
+        np.multiply(g, cached[1], out=out)
 
     def step(self, params: list[Array], grads: list[Array]) -> None:
         raise NotImplementedError
@@ -42,11 +117,13 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """p <- p - lr * g"""
+    """p <- p - lr * lr_mult * g"""
+
+    name = "sgd"
 
     def step(self, params: list[Array], grads: list[Array]) -> None:
-        for p, g, tmp in zip(params, grads, self.scratch(params)):
-            np.multiply(g, self.lr, out=tmp)
+        for i, (p, g, tmp) in enumerate(zip(params, grads, self.scratch(params))):
+            self.multiply_into(params, i, g, self.lr, tmp)
             p -= tmp
 
 
@@ -55,10 +132,14 @@ class Momentum(Optimizer):
 
     v <- mu v - lr g;  p <- p + v            (classic)
     v <- mu v - lr g;  p <- p + mu v - lr g  (Nesterov: the step looks ahead along v)
+    (lr times lr_mult, element-wise, when multipliers are set)
     """
 
-    def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False):
-        super().__init__(lr)
+    name = "momentum"
+
+    def __init__(self, lr: float, momentum: float = 0.9, nesterov: bool = False,
+                 lr_mult: Array | list[Array] | None = None):
+        super().__init__(lr, lr_mult)
         self.momentum = _fraction("momentum", momentum)
         self.nesterov = bool(nesterov)
         self.velocities: list[Array] | None = None
@@ -66,9 +147,9 @@ class Momentum(Optimizer):
     def step(self, params: list[Array], grads: list[Array]) -> None:
         if self.velocities is None:
             self.velocities = [np.zeros_like(p) for p in params]
-        for p, g, v, tmp in zip(params, grads, self.velocities, self.scratch(params)):
+        for i, (p, g, v, tmp) in enumerate(zip(params, grads, self.velocities, self.scratch(params))):
             v *= self.momentum
-            np.multiply(g, self.lr, out=tmp)
+            self.multiply_into(params, i, g, self.lr, tmp)
             v -= tmp
             if self.nesterov:
                 p -= tmp
@@ -82,17 +163,27 @@ class Adam(Optimizer):
     """Kingma & Ba 2015, with the bias corrections folded into the step size (their section 2).
 
     The folded form adds ``eps`` to sqrt(v) rather than to sqrt(v_hat); the two differ only in
-    the effective eps, by a factor sqrt(1 - beta2^t).
+    the effective eps, by a factor sqrt(1 - beta2^t). With ``lr_mult`` each element's step is
+    multiplied by its multiplier.
     """
 
-    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8):
-        super().__init__(lr)
+    name = "adam"
+
+    def __init__(self, lr: float = 1e-3, beta1: float = 0.9, beta2: float = 0.999, eps: float = 1e-8,
+                 lr_mult: Array | list[Array] | None = None):
+        super().__init__(lr, lr_mult)
         self.beta1 = _fraction("beta1", beta1)
         self.beta2 = _fraction("beta2", beta2)
         self.eps = _positive("eps", eps)
         self.t = 0
         self.m: list[Array] | None = None
         self.v: list[Array] | None = None
+
+    def _rescale_state(self, old: list[Array] | None, new: list[Array] | None) -> None:
+        m = getattr(self, "m", None)
+        if m is not None:  # m is held as lr_mult * m: convert it to the new multipliers
+            for i, moment in enumerate(m):
+                moment *= (1.0 if new is None else new[i]) / (1.0 if old is None else old[i])
 
     def step(self, params: list[Array], grads: list[Array]) -> None:
         if self.m is None:
@@ -101,10 +192,11 @@ class Adam(Optimizer):
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         step_size = self.lr * math.sqrt(1 - b2**self.t) / (1 - b1**self.t)
-        for p, g, m, v, tmp in zip(params, grads, self.m, self.v, self.scratch(params)):
+        for i, (p, g, m, v, tmp) in enumerate(zip(params, grads, self.m, self.v, self.scratch(params))):
             # m <- b1 m + (1 - b1) g;  v <- b2 v + (1 - b2) g^2;  p <- p - step m / (sqrt(v) + eps), in place
+            # (with lr_mult, m is lr_mult * m: the multipliers ride on the (1 - b1) multiply, and so does the step)
             m *= b1
-            np.multiply(g, 1 - b1, out=tmp)
+            self.multiply_into(params, i, g, 1 - b1, tmp)
             m += tmp
             v *= b2
             np.multiply(g, g, out=tmp)
@@ -121,7 +213,8 @@ OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD, "momentum": Momentum, "ada
 
 
 def make_optimizer(name: str, **params) -> Optimizer:
-    """Build an optimiser by name: ``sgd(lr)``, ``momentum(lr, momentum, nesterov)``, ``adam(lr, beta1, beta2, eps)``."""
+    """Build an optimiser by name: ``sgd(lr)``, ``momentum(lr, momentum, nesterov)``, ``adam(lr, beta1, beta2, eps)``;
+    each also takes ``lr_mult`` (per-element multipliers, e.g. ``model.lr_multipliers(name)``)."""
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; valid choices: {', '.join(sorted(OPTIMIZERS))}")
     try:
