@@ -145,11 +145,12 @@ def data_init(spec: RunSpec, model, data) -> tuple[dict[str, str], dict[str, flo
     return params, metrics
 
 
-def final_metrics(model, data, history) -> dict[str, float]:
-    """test_loss, test_acc (computed by the core), best_val_acc, epochs_run, train_seconds."""
-    from nnlab.core import evaluate
+def final_metrics(spec: RunSpec, model, data, history) -> dict[str, float]:
+    """test_loss (the training loss, ``trainer.loss``), test_acc (computed by the core), best_val_acc,
+    epochs_run, train_seconds."""
+    from nnlab.core import evaluate, get_loss
 
-    test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+    test_loss, test_acc = evaluate(model, data.x_test, data.y_test, loss_fn=get_loss(spec.train.loss))
     return {"test_loss": test_loss, "test_acc": test_acc, "best_val_acc": history.best_val_acc,
             "epochs_run": float(history.epochs_run), "train_seconds": history.train_seconds}
 
@@ -196,7 +197,8 @@ class Job:
             run.set_tags({BLAS_THREADS_TAG: str(limit) if limit is not None else f"default ({_blas_default()})"})
             run.log_inputs(dataset_inputs(spec))
             run.flush()  # params and tags reach the store now: a run killed in its first second is still found
-            run.log_metrics({**self.init_record[1], **init_diagnostics(spec, model, data)}, step=0)
+            run.log_metrics({**self.init_record[1], **model.scale_record(spec.optimizer["name"]),
+                             **init_diagnostics(spec, model, data)}, step=0)
             bar = progress(spec.name, spec.train.epochs, sys.stderr.isatty() and not ctx.parallel)
             with bar as show, blas_threads(limit):
                 def record(epoch: int, metrics: dict[str, float]) -> None:
@@ -204,8 +206,9 @@ class Job:
                     show(epoch, metrics)
 
                 history = fit(model, self.optimizer, data.x_train, data.y_train, data.x_val, data.y_val, spec.train,
-                              seed=spec.seed, callback=record, probes=probes(spec))
-            final = final_metrics(model, data, history)
+                              seed=spec.seed, callback=record, probes=probes(spec),
+                              coord_callback=lambda step, metrics: run.log_metrics(metrics, step=step))
+            final = final_metrics(spec, model, data, history)
             run.log_metrics(final, step=history.epochs_run)
             self._log_artifacts(run)
         self.spooled = run.spooled

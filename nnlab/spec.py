@@ -66,6 +66,9 @@ class ModelConfig:
     branch_scale: Optional[float] = None  # alpha; null = 1/sqrt(depth) (residual only)
     branch_gate: bool = False  # alpha a trained scalar per layer, initialised at 0 (SkipInit/ReZero)
     norm: Optional[str] = None  # null | layernorm (in the residual branch, or before each hidden layer)
+    parametrization: str = "sp"  # sp | ntk | mup: how each layer's init scale and lr depend on its width
+    base_width: Any = None  # the width the base lr and init are meant at (ntk, mup); an int or one per hidden layer
+    readout_zero_init: bool = False  # the output layer starts at zero (muP's option)
 
 
 TrainerConfig = _schema_of(TrainConfig, "TrainerConfig", exclude=("instruments",))
@@ -249,6 +252,7 @@ _RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "init.tol": _FRACTION_OPEN,
     "init.max_passes": _int_at_least(1),
     "diagnostics.jacobian_inputs": _int_at_least(1),
+    "diagnostics.coord_steps": _int_at_least(0),
     "activation.alpha": _POSITIVE,
     "optimizer.lr": _POSITIVE,
     "optimizer.momentum": _FRACTION_HALF_OPEN,
@@ -266,7 +270,10 @@ def _registries() -> dict[str, tuple[str, Any]]:
     from nnlab.core import ACTIVATIONS, INITIALIZERS, MODEL_INITIALIZERS, OPTIMIZERS, SCHEDULES
     from nnlab.data import DATASETS
 
-    return {"init.name": {**INITIALIZERS, **MODEL_INITIALIZERS}, "activation.name": ACTIVATIONS, "optimizer.name": OPTIMIZERS,
+    from nnlab.core import LOSSES, PARAMETRIZATIONS
+
+    return {"model.parametrization": PARAMETRIZATIONS, "trainer.loss": LOSSES,
+            "init.name": {**INITIALIZERS, **MODEL_INITIALIZERS}, "activation.name": ACTIVATIONS, "optimizer.name": OPTIMIZERS,
             "dataset.name": DATASETS, "trainer.schedule": SCHEDULES,
             "init.distribution": ("normal", "uniform")}
 
@@ -310,6 +317,20 @@ def _check_architecture(tree: Mapping[str, Any]) -> None:
         raise ConfigError(key, value, str(err)) from None
 
 
+_PARAMETRIZATION_KEYS = ("parametrization", "base_width", "readout_zero_init")
+
+
+def _check_parametrization(model: Mapping[str, Any]) -> None:
+    """``model.parametrization``, ``model.base_width``, ``model.readout_zero_init`` as the core checks them."""
+    from nnlab.core.parametrization import check_parametrization
+
+    try:
+        check_parametrization(*(model[k] for k in _PARAMETRIZATION_KEYS))
+    except ValueError as err:
+        key = next((k for k in _PARAMETRIZATION_KEYS[1:] if k in str(err)), "parametrization")
+        raise ConfigError(f"model.{key}", model[key], str(err)) from None
+
+
 def _tree(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     """The resolved config as plain dicts and lists (without Hydra's own node)."""
     if isinstance(cfg, (DictConfig, ListConfig)):
@@ -339,6 +360,7 @@ def _validate_tree(tree: Mapping[str, Any]) -> None:
             raise ConfigError(key, value, f"valid choices: {', '.join(sorted(valid))}")
     _check_width(tree["model"]["depth"], tree["model"]["width"])
     _check_architecture(tree)
+    _check_parametrization(tree["model"])
     data = tree["dataset"]
     if "test_size" in data and data["val_size"] + data["test_size"] >= 1:
         raise ConfigError("dataset.val_size", data["val_size"],
@@ -400,7 +422,7 @@ class RunSpec:
             choices=group_choices(tree, choices),
             data={"name": tree["dataset"]["name"], **_options(tree["dataset"])},
             model={"depth": model["depth"], "width": list(width) if isinstance(width, list) else width,
-                   **{k: model[k] for k in _ARCHITECTURE_KEYS},
+                   **{k: model[k] for k in (*_ARCHITECTURE_KEYS, *_PARAMETRIZATION_KEYS)},
                    "activation": tree["activation"]["name"], "activation_params": _options(tree["activation"]),
                    "init": tree["init"]["name"], "init_params": _options(tree["init"]), "seed": tree["seed"]},
             optimizer={"name": tree["optimizer"]["name"], **_options(tree["optimizer"])},

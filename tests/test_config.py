@@ -42,7 +42,9 @@ def test_every_group_option_composes_and_validates(hydra_conf, group, option):
 def test_defaults_match_the_contract(hydra_conf):
     cfg = hydra_conf()
     assert OmegaConf.to_container(cfg.model) == {"depth": 2, "width": 128, "residual": False, "branch_scale": None,
-                                                 "branch_gate": False, "norm": None}
+                                                 "branch_gate": False, "norm": None, "parametrization": "sp",
+                                                 "base_width": None, "readout_zero_init": False}
+    assert cfg.trainer.loss == "cross_entropy" and cfg.diagnostics.coord_steps == 0
     assert (cfg.init.name, cfg.activation.name, cfg.optimizer.name, cfg.dataset.name) == ("he", "relu", "adam", "digits")
     assert cfg.trainer.epochs == 30 and cfg.trainer.batch_size == 32 and cfg.trainer.weight_decay == 0.01
     assert cfg.tracking.uri is None and cfg.tracking.experiment == "nnlab" and cfg.seed == 0
@@ -89,8 +91,13 @@ def test_impossible_values_are_refused_in_one_line_naming_key_and_value(hydra_co
     (("model.residual=true", "init=fixup", "model.branch_scale=0.3"), "model.branch_scale", "fixup"),
     (("init=lsuv", "init.tol=2"), "init.tol", "fraction"),
     (("init=lsuv", "init.max_passes=0"), "init.max_passes", ">= 1"),
+    (("model.parametrization=foo",), "model.parametrization", "valid choices: mup, ntk, sp"),
+    (("model.parametrization=mup", "model.base_width=0"), "model.base_width", "integer >= 1"),
+    (("model.parametrization=mup",), "model.base_width", "needs base_width"),
+    (("diagnostics.coord_steps=-1",), "diagnostics.coord_steps", ">= 0"),
+    (("trainer.loss=hinge",), "trainer.loss", "cross_entropy, mse"),
 ])
-def test_depth_options_are_refused_with_their_key_and_what_is_valid(hydra_conf, overrides, key, valid):
+def test_depth_and_width_options_are_refused_with_their_key_and_what_is_valid(hydra_conf, overrides, key, valid):
     with pytest.raises(C.ConfigError) as info:
         C.RunSpec.from_cfg(hydra_conf(*overrides))
     message = str(info.value)

@@ -311,3 +311,19 @@ def test_train_config_loss_choice_sets_the_training_and_validation_loss(digits):
     assert history.epochs[-1]["val_loss"] == pytest.approx(val_mse, rel=1e-6)
     assert history.epochs[-1]["val_acc"] == val_acc
     assert history.epochs[-1]["val_loss"] != pytest.approx(evaluate(model, ds.x_val, ds.y_val)[0], rel=1e-3)
+
+
+def test_residual_layernorm_nets_get_a_multiplier_for_every_parameter():
+    """A hidden layer's own parameters (LayerNorm gain and bias, gate) sit after every W and b in the flat
+    vector; they are vector-like, so they take their layer's bias multiplier (muP SGD: x m, Adam: x 1)."""
+    from nnlab.core import MLP
+
+    model = MLP([64, 32, 32, 32, 10], "relu", "he", seed=0, residual=True, norm="layernorm", branch_gate=True,
+                parametrization="mup", base_width=8)
+    for optimizer in ("sgd", "adam"):
+        mult = model.lr_multipliers(optimizer)
+        assert mult.shape == model.flat_params.shape
+        tail = mult[sum(p.size for p in model.params[: 2 * len(model.layers)]):]
+        expected = [model.scales[i - 1].lr_bias[optimizer] for i, p in model._own_params for _ in range(p.size)]
+        np.testing.assert_array_equal(tail, np.asarray(expected, tail.dtype))
+    assert model.lr_multipliers("sgd")[-1] == 4.0  # m = 32 / 8 for a bias-like parameter under muP SGD

@@ -51,6 +51,7 @@ def test_one_epoch_run_is_recorded_whole(make_cfg):
               for i in range(1, 4)} | {f"theory/grad_ratio/layer_{i}" for i in range(1, 5)} | {
         "theory/chi_star", "theory/xi_grad"}  # xavier tanh without bias: q* = 0, xi_c is no correlation scale
     at_init = {"act_len_logvar"}  # the activation length's spread across the probe batch, at initialisation
+    at_init |= {f"{p}/layer_{i}" for p in ("lr_mult", "init_std") for i in range(1, 5)}  # the parametrisation's scales
     assert names == RECORD | per_layer | after_a_step | FINAL | jacobian | theory | at_init
     for name in theory | at_init:  # predictions and the measurement they predict: at initialisation only
         assert [m.step for m in make_cfg.client.get_metric_history(run.info.run_id, name)] == [0], name

@@ -262,15 +262,17 @@ def latest_per_config(runs: pd.DataFrame) -> pd.DataFrame:
 
 def logged_steps(metric: str, epochs_run: int) -> range | None:
     """The steps at which a complete run of ``epochs_run`` epochs records ``metric`` (DESIGN.md): the
-    final metrics at the last step; ``theory/*``, ``preact_std/*`` and ``act_len_logvar`` at initialisation
-    (0) only;
+    final metrics at the last step; ``theory/*``, ``preact_std/*``, ``lr_mult/*``, ``init_std/*``,
+    ``lsuv_*`` and ``act_len_logvar`` at initialisation (0) only; ``coord/*`` at optimiser steps (None here);
     ``update_ratio/*`` from the first step on (1..epochs_run); every other per-epoch metric at
     0..epochs_run. None where the steps are not fixed: ``grad_noise_scale`` (absent at an epoch where
     its estimate of |G|^2 is <= 0) and ``sharpness``/``sharpness_x_lr`` (every ``sharpness_every``)."""
     if metric in FINAL_METRICS:
         return range(epochs_run, epochs_run + 1)
-    if metric.startswith(("theory/", "preact_std/")) or metric == "act_len_logvar":
+    if metric.startswith(("theory/", "preact_std/", "lr_mult/", "init_std/", "lsuv_")) or metric == "act_len_logvar":
         return range(0, 1)
+    if metric.startswith("coord/"):  # optimiser steps 0..diagnostics.coord_steps, not epochs
+        return None
     if metric.startswith("update_ratio/"):
         return range(1, epochs_run + 1)
     if metric in ("grad_noise_scale", "sharpness", "sharpness_x_lr"):
