@@ -106,7 +106,7 @@ def _branch_scales(depth: int, residual: bool, branch_scale: float | None, branc
 
 
 def predict(activation: Activation | str, sizes: Sequence[int], sigma_w2: Sequence[float] | float,
-            sigma_b2: float, input_second_moment: float, *, residual: bool = False,
+            sigma_b2: float, input_second_moment: float | Sequence[float], *, residual: bool = False,
             branch_scale: float | None = None, branch_gate: bool = False, norm: str | None = None) -> Prediction:
     """Propagate the mean field through an MLP of ``sizes`` [n_in, h_1, ..., h_L, n_out] from the
     data's mean squared input entry E[x^2] (one value, or one per input or group of inputs (K,):
