@@ -90,15 +90,15 @@ INPUTS = {"gaussian": gaussian_inputs, "digits": digits_inputs}
 
 
 @functools.lru_cache(maxsize=None)
-def measured(activation, sigma_w2, sigma_b2, alpha, norm, inputs, width=512, depth=16, n_nets=8):
+def measured(activation, sigma_w2, sigma_b2, alpha, norm, inputs, width=512, depth=16, n_nets=8, residual=True):
     """(prediction, mean over n_nets simulated nets of (z std, h std, grad ratio, Jacobian msv))."""
     rng = np.random.default_rng(17)
     x = INPUTS[inputs](rng)
     sizes = [x.shape[1], *[width] * depth, 10]
-    pred = T.predict(activation, sizes, sigma_w2, sigma_b2, np.mean(x**2, axis=1), residual=True,
-                     branch_scale=alpha, norm=norm)
+    pred = T.predict(activation, sizes, sigma_w2, sigma_b2, np.mean(x**2, axis=1), residual=residual,
+                     branch_scale=alpha if residual else None, norm=norm)
     a = 1 / math.sqrt(depth) if alpha is None else alpha
-    runs = [simulate(activation, sizes, sigma_w2, sigma_b2, x, rng, residual=True, alpha=a, norm=norm)
+    runs = [simulate(activation, sizes, sigma_w2, sigma_b2, x, rng, residual=residual, alpha=a, norm=norm)
             for _ in range(n_nets)]
     return pred, [np.mean([r[i] for r in runs], axis=0) for i in range(4)]
 
@@ -134,6 +134,25 @@ JACOBIAN_RELU = pytest.mark.xfail(reason="relu residual nets: the Jacobian's msv
 def test_residual_jacobian_msv_matches_simulation(activation, sigma_w2, sigma_b2, alpha, norm, inputs):
     """The mean squared singular value of d h^L / d x within 5 % (tanh; relu: see the mark)."""
     pred, (_, _, _, msv) = measured(activation, sigma_w2, sigma_b2, alpha, norm, inputs)
+    assert msv == pytest.approx(pred.jacobian_msv, rel=0.05)
+
+
+# relu + LayerNorm, plain: the gradient ratio drifts ~0.3 % per layer above the prediction (an
+# O(depth / width) effect the mean field leaves out): 5.1 % at layer 1 of 16 with digits inputs
+PLAIN_LN_DRIFT = pytest.mark.xfail(reason="relu, plain + LayerNorm: O(depth/width) gradient drift", strict=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("activation, sigma_w2, sigma_b2, inputs", [
+    pytest.param(act, sw2, sb2, inputs, marks=[PLAIN_LN_DRIFT] if act == "relu" else [])
+    for act, sw2, sb2 in CASES for inputs in ("gaussian", "digits")])
+def test_plain_layernorm_prediction_matches_simulation(activation, sigma_w2, sigma_b2, inputs):
+    """LayerNorm before hidden layers 2..L of a plain net, 8 nets of width 512, depth 16: 5 %."""
+    pred, (z_std, h_std, grad, msv) = measured(activation, sigma_w2, sigma_b2, 1.0, "layernorm", inputs,
+                                               residual=False)
+    np.testing.assert_allclose(z_std, pred.preact_std, rtol=0.05)
+    np.testing.assert_allclose(h_std, pred.act_std, rtol=0.05)
+    np.testing.assert_allclose(grad, pred.grad_ratio, rtol=0.05)
     assert msv == pytest.approx(pred.jacobian_msv, rel=0.05)
 
 

@@ -118,6 +118,7 @@ def test_c_equal_one_is_an_exact_fixed_point(activation):
 
 
 # --- the independent reference ------------------------------------------------------------------
+@pytest.mark.slow  # scipy's nested adaptive quad / a grid of references: ~5 s per case
 @pytest.mark.parametrize("activation, q, c", [("gelu", 92.4, 0.5), ("gelu", 92.4, 0.9977), ("softsign", 3.0, -0.7),
                                               ("elu", 8.8, 0.95)])
 def test_reference_rule_agrees_with_scipy_and_nnlab(activation, q, c):
@@ -130,6 +131,7 @@ def test_reference_rule_agrees_with_scipy_and_nnlab(activation, q, c):
     assert err < 1e-6 * abs(ref)
 
 
+@pytest.mark.slow  # scipy's nested adaptive quad / a grid of references: ~5 s per case
 @pytest.mark.parametrize("activation", ["gelu", "softsign", "elu", "tanh", "relu", "sigmoid"])
 def test_pair_expectation_matches_the_reference_for_phi_and_its_derivative(activation):
     act = get_activation(activation)

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from nnlab.core.activations import Activation, get_activation
-from nnlab.theory.meanfield import Q_MIN, FixedPoint, _dphi, _phi, fixed_point_summary
+from nnlab.theory.meanfield import Q_MIN, FixedPoint, fixed_point_summary
 from nnlab.theory.quadrature import _W, _Z, Array
 
 NORMS = (None, "layernorm")
@@ -92,11 +92,6 @@ class Prediction:
         return np.sqrt(self.q)
 
 
-def _expect(f: Callable[[Array], Array], q: Array) -> Array:
-    """E_z[f(sqrt(q_k) z)] for each q_k of q (K,) -> (K,), the rule of gaussian_expectation."""
-    return f(np.sqrt(q)[:, None] * _Z) @ _W
-
-
 def _branch_scales(depth: int, residual: bool, branch_scale: float | None, branch_gate: bool) -> Array:
     alpha = np.full(depth, np.nan)
     if residual:
@@ -111,7 +106,7 @@ def _branch_scales(depth: int, residual: bool, branch_scale: float | None, branc
 
 
 def predict(activation: Activation | str, sizes: Sequence[int], sigma_w2: Sequence[float] | float,
-            sigma_b2: float, input_second_moment: float, *, residual: bool = False,
+            sigma_b2: float, input_second_moment: float | Sequence[float], *, residual: bool = False,
             branch_scale: float | None = None, branch_gate: bool = False, norm: str | None = None) -> Prediction:
     """Propagate the mean field through an MLP of ``sizes`` [n_in, h_1, ..., h_L, n_out] from the
     data's mean squared input entry E[x^2] (one value, or one per input or group of inputs (K,):
@@ -142,7 +137,6 @@ def predict(activation: Activation | str, sizes: Sequence[int], sigma_w2: Sequen
         raise ValueError(f"branch_scale={branch_scale!r} / branch_gate={branch_gate!r} need residual=True")
     sw2 = np.broadcast_to(np.asarray(sigma_w2, dtype=np.float64), (len(sizes) - 1,)).copy()
     alpha = _branch_scales(depth, residual, branch_scale, branch_gate)
-    phi, dphi = _phi(act), _dphi(act)
     # every input its own mean field (its own q), averaged over inputs at the end: inputs whose
     # lengths differ (digits) do not share one q, which matters for a nonlinear phi and for E[h]
     x_sq = np.atleast_1d(np.asarray(input_second_moment, dtype=np.float64))  # (K,)
@@ -154,12 +148,11 @@ def predict(activation: Activation | str, sizes: Sequence[int], sigma_w2: Sequen
         normed = norm == "layernorm" and l > 0
         in_sq[:, l] = 1.0 if normed else h_sq  # E[x_l^2]
         q[:, l] = sw2[l] * in_sq[:, l] + sigma_b2
-        qd = np.maximum(q[:, l], Q_MIN)
-        m = _expect(phi, q[:, l])
-        s = _expect(lambda u: phi(u) ** 2, q[:, l])
-        dsq[:, l] = _expect(lambda u: dphi(u) ** 2, qd)
-        d2p = _expect(lambda u: dphi(u) ** 2 * phi(u), qd)  # E[phi'^2 phi]
-        d2p2 = _expect(lambda u: dphi(u) ** 2 * phi(u) ** 2, qd)  # E[phi'^2 phi^2]
+        u = np.sqrt(np.maximum(q[:, l], Q_MIN))[:, None] * _Z  # (K, nodes): phi and phi' once per layer
+        f = act(u)
+        d2 = np.square(act.backward(u, f, np.ones_like(u)))
+        m, s, dsq[:, l] = f @ _W, (f * f) @ _W, d2 @ _W
+        d2p, d2p2 = (d2 * f) @ _W, (d2 * f * f) @ _W  # E[phi'^2 phi], E[phi'^2 phi^2]
         branch_chi = sw2[l] * dsq[:, l]
         if normed:
             branch_chi = branch_chi / np.maximum(h_sq - h_mean**2, Q_MIN)  # LN divides by the sample's std
@@ -223,9 +216,9 @@ def predict_network(sizes: Sequence[int], activation: str, init: str, x: Array, 
     return dataclasses.replace(pred, act_len_logvar=spread)
 
 
-def _input_groups(x: Array, groups: int = 32) -> Array:
+def _input_groups(x: Array, groups: int = 16) -> Array:
     """The inputs' mean squared entries (N,), sorted and averaged in ``groups`` equal groups -> (K,)
-    (K <= 32: the spread of input lengths at a fixed cost; the overall mean is kept exactly)."""
+    (K <= 16: the spread of input lengths at a fixed cost; the overall mean is kept exactly)."""
     ms = np.sort(np.mean(np.square(np.asarray(x, dtype=np.float64)), axis=1))
     return np.array([part.mean() for part in np.array_split(ms, min(groups, len(ms)))])
 
