@@ -1,6 +1,7 @@
 """Aggregates across seeds: mean, std and a 95% confidence interval per configuration."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -61,8 +62,14 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     if n < 2:
         return (np.nan, np.nan)
     mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(n))
-    half = float(sps.t.ppf(0.5 + level / 2, df=n - 1)) * sem
+    half = _t_quantile(0.5 + level / 2, n - 1) * sem
     return (mean - half, mean + half)
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(q: float, df: int) -> float:
+    """scipy's t quantile, once per (q, df): a report asks for it thousands of times with a few seeds' counts."""
+    return float(sps.t.ppf(q, df=df))
 
 
 def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_boot: int = 2000,
