@@ -101,17 +101,19 @@ def layer_instrument(history: pd.DataFrame, runs: pd.DataFrame, design: Design, 
     plots.integer_ticks(axes.flat[0].xaxis)
     for ax in axes[:, 0]:
         ax.set_ylabel(stat)
-    entries = {role: h for role, h in plots.legend_entries(axes).items()}
-    entries = {role: entries[role] for role in LAYER_ROLES if role in entries}
+    entries = plots.legend_entries(axes, LAYER_ROLES)
     return plots.finish(fig, f"{LAYER_INSTRUMENTS[stat]} by epoch{suffix}: mean over seeds, band = their "
                              f"min..max; log scale (a layer whose value is 0 is named in its panel's title)",
                         entries, "layer")
 
 
 def grad_noise_scale(history: pd.DataFrame, runs: pd.DataFrame, design: Design) -> Figure:
-    """The gradient noise scale B_simple over epochs: one panel per (design.x, design.col), one line per hue
-    (mean over seeds, min..max band), log y."""
+    """The gradient noise scale B_simple over epochs: one panel per (design.x, design.col) — with depth as the
+    facet, per design.x at the deepest depth — one line per hue (mean over seeds, min..max band), log y."""
     frame = _labelled(history[(history["metric"] == "grad_noise_scale") & (history["value"] > 0)], runs, design.by)
+    frame, suffix = deepest(frame, design)  # with depth as a facet: the deepest nets, one row of panels
+    if suffix:
+        design = Design(design.hue, design.x, None, design.factors)
     panels, n_rows, n_cols = plots.panel_layout(design, frame)
     fig, axes = plots.grid(n_rows, n_cols, 2.6, 2.0, sharex=True, sharey=True,
                            panel_title_lines=sum(v is not None for v in (design.x, design.col)) or 1)
@@ -138,9 +140,9 @@ def grad_noise_scale(history: pd.DataFrame, runs: pd.DataFrame, design: Design) 
     plots.integer_ticks(axes.flat[0].xaxis)
     for ax in axes[:, 0]:
         ax.set_ylabel("B_simple (samples)")
-    return plots.finish(fig, "Gradient noise scale B_simple = tr(Σ) / |G|², the batch size beyond which larger "
-                             "batches stop helping: mean over seeds, band = their min..max (log scale)",
-                        plots.legend_entries(axes), design.hue)
+    return plots.finish(fig, f"Gradient noise scale B_simple = tr(Σ) / |G|²{suffix}, the batch size beyond which "
+                             "larger batches stop helping: mean over seeds, band = their min..max (log scale)",
+                        plots.legend_entries(axes, hues), design.hue)
 
 
 def _eos_frame(history: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
@@ -179,7 +181,7 @@ def edge_of_stability(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     for ax in axes[-1]:
         ax.set_xlabel("epoch = one gradient-descent step")
     plots.integer_ticks(axes.flat[0].xaxis)
-    entries = plots.legend_entries(axes)
+    entries = plots.legend_entries(axes, [f"lr {lr:g}" for lr in lrs])
     entries["2 / lr (dashed)"] = Line2D([], [], color="0.3", ls="--", lw=1)
     return plots.finish(fig, "Edge of stability: sharpness (mean over seeds, band = min..max) against 2 / lr, "
                              "beside the training loss", entries, "learning rate")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import textwrap
 import warnings
+from typing import Sequence
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -103,13 +104,15 @@ def _grow(fig: Figure, side: str, inches: float) -> None:
     _place(fig)
 
 
-def legend_entries(axes) -> dict:
-    """Label -> handle of every labelled artist of ``axes`` (first occurrence; ``_``-labels skipped)."""
+def legend_entries(axes, order: Sequence = ()) -> dict:
+    """Label -> handle of every labelled artist of ``axes`` (first occurrence; ``_``-labels skipped); the
+    labels in ``order`` (e.g. the hue's levels) first, in that order, then the others as found."""
     seen: dict = {}
     for ax in np.ravel(axes):
         handles, labels = ax.get_legend_handles_labels()
         seen.update((lab, h) for lab, h in zip(labels, handles) if lab not in seen and not lab.startswith("_"))
-    return seen
+    first = [str(name) for name in order if str(name) in seen]
+    return {**{name: seen[name] for name in first}, **{k: v for k, v in seen.items() if k not in first}}
 
 
 def finish(fig: Figure, title: str, entries: dict, legend_title: str | None = None, fontsize: float = 11,
@@ -269,7 +272,7 @@ def final_accuracy(runs: pd.DataFrame, design: Design, metric: str = "test_acc")
     for ax in axes[:, 0]:
         ax.set_ylabel(metric)
     _hide_unused(axes, len(panels))
-    entries = legend_entries(axes)
+    entries = legend_entries(axes, hues)
     if _few_seeds(agg):
         entries["each seed"] = Line2D([], [], ls="none", marker="o", ms=3.5, mfc="none", mec="0.35", mew=0.7)
     return finish(fig, f"Final {metric} per configuration: mean and {BAND}"
@@ -429,7 +432,7 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
     for ax in axes[:, 0]:
         ax.set_ylabel("loss" if scale == "log" else "accuracy" if scale == "fraction" else metrics[0])
     _hide_unused(axes, len(panels))
-    entries = legend_entries(axes)
+    entries = legend_entries(axes, levels(agg, design.hue))
     entries.update({f"{metrics[0]} (solid)": Line2D([], [], color="0.3", lw=1.4),
                     f"{metrics[1]} (dashed)": Line2D([], [], color="0.3", lw=1.4, ls="--")})
     what = {"log": "loss", "fraction": "accuracy"}.get(scale, "curves")
@@ -502,7 +505,7 @@ def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat
     for ax in axes[-1]:
         ax.set_xlabel("layer (1 = nearest the input)")
     integer_ticks(axes.flat[0].xaxis)
-    entries = legend_entries(axes)
+    entries = legend_entries(axes, levels(frame, design.hue))
     how = "geometric mean and 95% CI over seeds (log-space)" if scale == "log" else f"mean and {BAND}"
     dashed = "; dashed: mean-field theory" if theory is not None and len(theory) else ""
     return finish(fig, f"{STAT_LABELS.get(stat, stat)} by layer{suffix}: {how}{dashed}"

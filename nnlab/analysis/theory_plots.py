@@ -101,7 +101,7 @@ def measured_vs_predicted(history: pd.DataFrame, runs: pd.DataFrame, design: Des
         ax.set_ylabel("measured at initialisation")
         ax.grid(alpha=0.3, which="both")
     fig = plots.finish(fig, "Measured vs predicted std at initialisation (epoch 0; every run and hidden layer)",
-                       plots.legend_entries(axes), hue)
+                       plots.legend_entries(axes, levels(wide, hue)), hue)
     for handle in fig.legends[0].legend_handles:  # the scatter's 9-point dots, readable in the legend
         if hasattr(handle, "set_sizes"):
             handle.set_sizes([30])
@@ -220,7 +220,7 @@ def jacobian_spectrum(runs: pd.DataFrame, design: Design, n_inputs: int = 4) -> 
     depth = f", depth {int(runs['model.depth'].iloc[0])}" if runs["model.depth"].nunique() == 1 else ""
     return plots.finish(fig, f"Jacobian singular values at initialisation{depth}, pooled over seeds and "
                              f"{n_inputs} probe inputs (exact SVD; log axis: values that are exactly 0 are "
-                             f"counted in each panel's corner)", plots.legend_entries(axes), "configuration")
+                             f"counted in each panel's corner)", plots.legend_entries(axes, configs), "configuration")
 
 
 # --- the trainability map (Schoenholz et al. 2017, Fig. 5 in miniature) -------------------------
