@@ -15,7 +15,9 @@ temporary folder, alternately, ``--repeat`` times each; the table keeps each row
 process ``Figure.savefig`` and ``nnlab.report.load_study`` are wrapped to stamp the clock, so a figure's time
 runs from the end of the previous step to the end of its own ``savefig`` (building it + laying it out +
 rendering the PNG). ``rest`` is what follows the last figure (index.md, index.html, moving the folder into
-place); ``process`` is the command's wall clock from outside, interpreter start and exit included.
+place); ``process`` is the command's wall clock from outside, interpreter start and exit included, and ``CPU``
+its user + system time (per step: the process' own CPU clock): on a shared machine the wall clock is the CPU time stretched by whatever else runs
+(the load average is printed), so compare both columns of one run, not runs on different days.
 Target: ``after`` process <= 10 s on the init_depth study.
 """
 from __future__ import annotations
@@ -23,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tarfile
@@ -38,30 +41,33 @@ BASELINE = "62e3db2"  # the last commit before the fast report (issue 19)
 PROBE = r"""
 import json, sys, time
 from pathlib import Path
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure
 import nnlab.report as report
-marks = [("import", time.perf_counter())]
+def now():
+    return time.perf_counter(), time.process_time()
+marks = [("import", *now())]
 save = Figure.savefig
 def stamped_savefig(self, fname, *args, **kwargs):
     save(self, fname, *args, **kwargs)
-    marks.append((Path(str(fname)).name, time.perf_counter()))
+    marks.append((Path(str(fname)).name, *now()))
 Figure.savefig = stamped_savefig
 load = report.load_study
 def stamped_load(*args, **kwargs):
     study = load(*args, **kwargs)
-    marks.append(("load", time.perf_counter()))
+    marks.append(("load", *now()))
     return study
 report.load_study = stamped_load
 code = report.main(sys.argv[1:])
-marks.append(("rest", time.perf_counter()))
-steps, last = {}, t0
-for name, t in marks:
+marks.append(("rest", *now()))
+steps, cpu, last, last_cpu = {}, {}, t0, c0
+for name, t, c in marks:
     steps[name] = steps.get(name, 0.0) + t - last
-    last = t
-print("BENCH " + json.dumps({"code": code, "steps": steps, "nnlab": report.__file__}))
+    cpu[name] = cpu.get(name, 0.0) + c - last_cpu
+    last, last_cpu = t, c
+print("BENCH " + json.dumps({"code": code, "steps": steps, "cpu": cpu, "nnlab": report.__file__}))
 """
 
 
@@ -79,31 +85,37 @@ def unpack(ref: str, into: Path) -> Path:
 def measure(path: Path, uri: str, experiment: str, out: Path) -> dict:
     """Run the report once with ``path`` first on PYTHONPATH; its steps' seconds and the process' wall clock."""
     env = {**os.environ, "PYTHONPATH": str(path), "MPLBACKEND": "Agg"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-c", PROBE, "--experiment", experiment, "--tracking-uri", uri,
                            "--out", str(out)], capture_output=True, text=True, env=env, cwd=out.parent)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("BENCH ")]
     if proc.returncode != 0 or not lines:
         sys.exit(f"bench_report: the report failed ({path}):\n{proc.stderr[-3000:]}")
     result = json.loads(lines[-1][len("BENCH "):])
     if result["code"] != 0 or not result["nnlab"].startswith(str(path)):
         sys.exit(f"bench_report: exit {result['code']}, nnlab from {result['nnlab']} (wanted {path})")
-    return {**result["steps"], "process": wall}
+    steps = {k: (v, result["cpu"][k]) for k, v in result["steps"].items()}
+    return {**steps, "process": (wall, cpu)}
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
-    """A Markdown table: one row per step (import, load, each figure, rest, process), one column per variant."""
+def table(results: dict[str, dict[str, tuple[float, float]]]) -> str:
+    """A Markdown table: one row per step (import, load, each figure, rest, the whole process), wall clock and
+    CPU seconds of each variant."""
     names = list(results)
     rows = ["import", "load"]
     for steps in results.values():
         rows += [k for k in steps if k.endswith(".png") and k not in rows]
     rows += ["rest", "process"]
-    head = "| step | " + " | ".join(f"{n} (s)" for n in names) + " |"
-    lines = [head, "|---|" + "---:|" * len(names)]
+    head = "| step | " + " | ".join(f"{n} wall (s) | {n} CPU (s)" for n in names) + " |"
+    lines = [head, "|---|" + "---:|---:|" * len(names)]
     for row in rows:
-        cells = [f"{results[n][row]:.2f}" if row in results[n] else "—" for n in names]
-        label = f"**{row}** (wall clock)" if row == "process" else row
+        cells = [f"{results[n][row][0]:.2f} | {results[n][row][1]:.2f}" if row in results[n] else "— | —"
+                 for n in names]
+        label = "**whole command** (interpreter start to exit)" if row == "process" else row
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -125,14 +137,15 @@ def main() -> None:
             for name, path in variants.items():
                 print(f"bench_report: {name} ({path}), run {i + 1} of {args.repeat} ...", file=sys.stderr, flush=True)
                 steps = measure(path, args.uri, args.experiment, tmp / f"out-{name}")
-                best[name] = {k: min(v, best.get(name, {}).get(k, v)) for k, v in steps.items()}
+                best[name] = {k: tuple(map(min, v, best.get(name, {}).get(k, v))) for k, v in steps.items()}
     load = os.getloadavg()[0]
     print(f"Report of experiment `{args.experiment}` from `{args.uri}`, fastest of {args.repeat} run(s) each, "
           f"load average {load:.1f} on {os.cpu_count()} cores:\n")
     print(table(best))
     if "before" in best:
-        print(f"\nspeed-up of the command: {best['before']['process'] / best['after']['process']:.1f}x "
-              f"({best['before']['process']:.1f} s -> {best['after']['process']:.1f} s; target <= 10 s)")
+        (bw, bc), (aw, ac) = best["before"]["process"], best["after"]["process"]
+        print(f"\nspeed-up of the command: {bw / aw:.1f}x wall clock ({bw:.1f} s -> {aw:.1f} s; target <= 10 s), "
+              f"{bc / ac:.1f}x CPU ({bc:.1f} s -> {ac:.1f} s)")
 
 
 if __name__ == "__main__":
