@@ -125,7 +125,7 @@ def finish(fig: Figure, title: str, entries: dict, legend_title: str | None = No
     width = fig.get_figwidth()
     chars = max(20, int(width * 72 / (0.55 * fontsize)))
     sup = fig.suptitle(textwrap.fill(title, chars), fontsize=fontsize, y=1 - PAD / fig.get_figheight(), va="top")
-    _grow(fig, "top", _extent(fig, sup)[1] + 0.05)
+    _grow(fig, "top", _extent(fig, sup)[1] + 0.1)
     sup.set_y(1 - PAD / fig.get_figheight())
     if not entries:
         return fig
@@ -509,5 +509,5 @@ def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat
     how = "geometric mean and 95% CI over seeds (log-space)" if scale == "log" else f"mean and {BAND}"
     dashed = "; dashed: mean-field theory" if theory is not None and len(theory) else ""
     return finish(fig, f"{STAT_LABELS.get(stat, stat)} by layer{suffix}: {how}{dashed}"
-                       + ("; ▼ at the bottom edge = exactly 0, which a log axis cannot show" if any_zero else ""),
+                       + ("; ▼ at the bottom edge = exactly\u00a00, which a log axis cannot show" if any_zero else ""),
                   entries, design.hue)
