@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from mlflow.entities import Metric
@@ -33,14 +34,16 @@ def uri(tmp_path_factory) -> str:
 def test_report_writes_figures_and_index(uri, tmp_path, capsys):
     out = tmp_path / "reports" / "fake"
     assert main(["--experiment", "fake", "--tracking-uri", uri, "--out", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == sorted([*FIGURES, "index.md"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FIGURES, "index.md", "index.html"])
     for name in FIGURES:
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     index = (out / "index.md").read_text()
     assert "| init | activation | model.depth | runs | failed | test_acc mean" in index
     assert "24 runs: 8 configurations x 3 seeds; 1 failed (1 diverged)." in index
     assert all(f"]({name})" in index for name in FIGURES)
-    assert "wrote" in capsys.readouterr().out
+    printed = capsys.readouterr().out.splitlines()  # one line before the slow part, one after
+    assert len(printed) == 2 and printed[0].startswith("nnlab-report: reading experiment 'fake' from ")
+    assert printed[0].endswith(f"into {out}/ ...") and re.match(r"nnlab-report: wrote .* in \d+\.\d s$", printed[1])
     assert [p.name for p in out.parent.iterdir()] == ["fake"]  # no temporary folder left next to it
 
 
@@ -95,7 +98,7 @@ def test_sweep_report_draws_one_sweep_only(tmp_path):
     parent = client.get_run(next(iter(first))).data.tags["mlflow.parentRunId"]
     experiment_id = client.get_experiment_by_name("two_sweeps").experiment_id
     files = write_sweep_report(client, experiment_id, parent, tmp_path / "report")
-    assert [p.name for p in files] == ["index.md", *FIGURES] and all(p.is_file() for p in files)
+    assert [p.name for p in files] == ["index.md", "index.html", *FIGURES] and all(p.is_file() for p in files)
     index = files[0].read_text()
     assert "24 runs: 8 configurations x 3 seeds." in index and "xavier" not in index
     # a sweep whose report cannot be drawn: one clear exception, nothing written
@@ -103,3 +106,14 @@ def test_sweep_report_draws_one_sweep_only(tmp_path):
     with pytest.raises(SweepReportError, match=f"no report for sweep {lonely}: .*has no child runs"):
         write_sweep_report(uri, experiment_id, lonely, tmp_path / "none")
     assert not (tmp_path / "none").exists()
+
+
+def test_default_folder_is_not_the_committed_reports(uri, tmp_path, monkeypatch):
+    """Without --out the report goes to ./nnlab-report/<experiment>/ (git-ignored), never reports/."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["--experiment", "fake", "--tracking-uri", uri]) == 0
+    assert (tmp_path / "nnlab-report" / "fake" / "index.html").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["nnlab-report"]
+    ignored = subprocess.run(["git", "check-ignore", "-q", "nnlab-report/fake/index.md"],
+                             cwd=Path(__file__).resolve().parents[1])
+    assert ignored.returncode == 0  # the repository's .gitignore covers it

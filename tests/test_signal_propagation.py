@@ -38,7 +38,7 @@ def test_signal_propagation_report_draws_the_theory(study_uri, tmp_path):
     out = tmp_path / "report"
     assert main(["--experiment", "signal_propagation", "--tracking-uri", study_uri, "--out", str(out)]) == 0
     instruments = {"update_ratio_by_layer.png", "dist_init_by_layer.png", "grad_noise_scale.png"}  # on by default
-    expected = {*FIGURES, *THEORY_FIGURES, *TRAINABILITY_FIGURE, *instruments, "index.md"}
+    expected = {*FIGURES, *THEORY_FIGURES, *TRAINABILITY_FIGURE, *instruments, "index.md", "index.html"}
     assert {p.name for p in out.iterdir()} == expected
     index = (out / "index.md").read_text()
     assert "differs from the mean-field prediction by" in index and "6 xi_c" in index

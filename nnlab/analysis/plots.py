@@ -14,14 +14,18 @@ from __future__ import annotations
 import math
 import textwrap
 import warnings
+from typing import Sequence
 
+import matplotlib
 import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import matplotlib.transforms as mtransforms
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from .design import Design, deepest, levels
 from .records import at_step, with_params
@@ -40,38 +44,146 @@ BAND = "95% CI over seeds"
 
 
 def _palette(frame: pd.DataFrame, hue: str) -> dict:
-    names = levels(frame, hue)
-    return dict(zip(names, sns.color_palette("colorblind", len(names))))
+    return palette(levels(frame, hue))
 
 
-def _subplots(n_rows: int, n_cols: int, panel_w: float, panel_h: float, extra_w: float = 1.6, **kwargs):
-    """A constrained-layout grid no wider than ``MAX_WIDTH`` (panels shrink to fit, down to 1.65 in)."""
-    panel_w = max(1.65, min(panel_w, (MAX_WIDTH - extra_w) / n_cols))
-    return plt.subplots(n_rows, n_cols, figsize=(panel_w * n_cols + extra_w, panel_h * n_rows + 0.9),
-                        squeeze=False, layout="constrained", **kwargs)
+def palette(names: list) -> dict:
+    """A distinguishable colour per name: seaborn's colourblind palette (10 colours), then tab20."""
+    colors = sns.color_palette("colorblind", 10) if len(names) <= 10 else sns.color_palette("tab20", 20)
+    return {name: colors[i % len(colors)] for i, name in enumerate(names)}
 
 
-def _title(fig: Figure, text: str, fontsize: float = 11) -> None:
-    """A suptitle wrapped to the figure's width, so it never runs past the canvas."""
-    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
-    fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
+# --- layout: fixed margins in inches, no layout engine at savefig ----------------------------------
+# Constrained layout measures every tick label of every panel at each save (a third of the 135-run
+# report's time went there); a grid of known panels needs no search: margins are set in inches, and
+# only the few things whose size is not known in advance (the wrapped title, the legend) are measured.
+LEFT, RIGHT, BOTTOM, PAD = 0.85, 0.12, 0.55, 0.08  # inches: y tick labels + label, right edge, x ticks + label
+PANEL_TITLE = 0.16  # inches per line of a panel title at 8 pt
 
 
-def _legend(fig: Figure, axes: np.ndarray, title: str) -> None:
+def grid(n_rows: int, n_cols: int, panel_w: float, panel_h: float, *, sharex: bool = False, sharey: bool = False,
+         panel_title_lines: int = 2, legend_w: float = 1.5, bottom: float = BOTTOM, left: float = LEFT,
+         wgap: float | None = None, hgap: float | None = None) -> tuple[Figure, np.ndarray]:
+    """A grid of ``n_rows`` x ``n_cols`` panels at most ``MAX_WIDTH`` wide (panels shrink, down to 1.5 in),
+    with room on the right for a legend ``legend_w`` inches wide. Finish it with :func:`finish`."""
+    wgap = (0.2 if sharey else 0.75) if wgap is None else wgap
+    hgap = (PANEL_TITLE * panel_title_lines + (0.12 if sharex else 0.5)) if hgap is None else hgap
+    room = MAX_WIDTH - left - RIGHT - legend_w - wgap * (n_cols - 1)
+    panel_w = max(1.5, min(panel_w, room / n_cols))
+    width = min(MAX_WIDTH, left + n_cols * panel_w + wgap * (n_cols - 1) + legend_w + RIGHT)
+    top = PAD + PANEL_TITLE * panel_title_lines
+    height = top + n_rows * panel_h + hgap * (n_rows - 1) + bottom
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(width, height), squeeze=False, sharex=sharex, sharey=sharey)
+    fig._nnlab_box = {"left": left, "right": legend_w + RIGHT, "top": top, "bottom": bottom, "wgap": wgap,
+                      "hgap": hgap, "rows": n_rows, "cols": n_cols, "panel_h": panel_h}
+    _place(fig)
+    return fig, axes
+
+
+def _place(fig: Figure) -> None:
+    """Apply the figure's margins (inches) as fractions of its current size."""
+    b = fig._nnlab_box
+    width, height = fig.get_size_inches()
+    panel_w = (width - b["left"] - b["right"] - b["wgap"] * (b["cols"] - 1)) / b["cols"]
+    fig.subplots_adjust(left=b["left"] / width, right=1 - b["right"] / width, bottom=b["bottom"] / height,
+                        top=1 - b["top"] / height, wspace=b["wgap"] / panel_w, hspace=b["hgap"] / b["panel_h"])
+
+
+def _extent(fig: Figure, artist) -> tuple[float, float]:
+    """(width, height) of an artist in inches, as it will be drawn."""
+    box = artist.get_window_extent(fig.canvas.get_renderer())
+    return box.width / fig.dpi, box.height / fig.dpi
+
+
+def _grow(fig: Figure, side: str, inches: float) -> None:
+    """Add ``inches`` of margin on ``side`` (top/bottom: the figure grows; right: the panels shrink)."""
+    box = fig._nnlab_box
+    box[side] += inches
+    if side in ("top", "bottom"):
+        fig.set_figheight(fig.get_figheight() + inches)
+    _place(fig)
+
+
+def legend_entries(axes, order: Sequence = ()) -> dict:
+    """Label -> handle of every labelled artist of ``axes`` (first occurrence; ``_``-labels skipped); the
+    labels in ``order`` (e.g. the hue's levels) first, in that order, then the others as found."""
     seen: dict = {}
-    for ax in axes.flat:
+    for ax in np.ravel(axes):
         handles, labels = ax.get_legend_handles_labels()
         seen.update((lab, h) for lab, h in zip(labels, handles) if lab not in seen and not lab.startswith("_"))
-        if ax.get_legend():
-            ax.get_legend().remove()
-    if not seen:
-        return
-    if max(map(len, seen), default=0) > 20:  # long labels (a folded "config") go below, not beside
-        fig.set_figwidth(min(MAX_WIDTH, max(fig.get_figwidth(), 0.085 * max(map(len, seen)) + 1.5)))
-        fig.set_figheight(fig.get_figheight() + 0.22 * len(seen))
-        fig.legend(seen.values(), seen.keys(), title=title, loc="outside lower center", frameon=False)
+    first = [str(name) for name in order if str(name) in seen]
+    return {**{name: seen[name] for name in first}, **{k: v for k, v in seen.items() if k not in first}}
+
+
+def finish(fig: Figure, title: str, entries: dict, legend_title: str | None = None, fontsize: float = 11,
+           legend_fontsize: float = 9) -> Figure:
+    """Title the grid (wrapped to its width) and put the legend beside it (below it when its labels are
+    long); the margins grow to what the two measure, the panels keep their size (or shrink in width)."""
+    for ax in fig.axes:
+        if ax.get_visible():
+            _cheap_axes(ax)
+    width = fig.get_figwidth()
+    chars = max(20, int(width * 72 / (0.55 * fontsize)))
+    sup = fig.suptitle(textwrap.fill(title, chars), fontsize=fontsize, y=1 - PAD / fig.get_figheight(), va="top")
+    _grow(fig, "top", _extent(fig, sup)[1] + 0.1)
+    sup.set_y(1 - PAD / fig.get_figheight())
+    if not entries:
+        return fig
+    below = max(map(len, entries)) > 24
+    if below:
+        ncols = 1 if max(map(len, entries)) > 45 else 2
+        legend = fig.legend(entries.values(), entries.keys(), title=legend_title, loc="lower center",
+                            bbox_to_anchor=(0.5, 0.0), frameon=False, fontsize=legend_fontsize, ncols=ncols)
+        w, h = _extent(fig, legend)
+        _grow(fig, "bottom", h + 0.05)
+        _grow(fig, "right", -fig._nnlab_box["right"] + RIGHT)
     else:
-        fig.legend(seen.values(), seen.keys(), title=title, loc="outside right center", frameon=False)
+        legend = fig.legend(entries.values(), entries.keys(), title=legend_title, loc="center left",
+                            frameon=False, fontsize=legend_fontsize)
+        w, _ = _extent(fig, legend)
+        _grow(fig, "right", w + RIGHT + 0.1 - fig._nnlab_box["right"])
+        legend.set_bbox_to_anchor((1 - (w + RIGHT) / fig.get_figwidth(), 0.5), transform=fig.transFigure)
+    return fig
+
+
+def _cheap_axes(ax) -> None:
+    """What makes a panel slow to draw, turned off where it adds nothing: minor ticks on log axes (each is
+    an object, hundreds per grid; the 1-2-5 or per-decade major ticks and the grid carry the scale) and the
+    title's search for tick labels above the axes (a fixed grid has none there)."""
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_minor_locator(mticker.NullLocator())
+    if ax.get_title():
+        ax.set_title(ax.get_title(), y=1.0, fontsize=ax.title.get_fontsize())
+
+
+def integer_ticks(axis) -> None:
+    """Ticks only at whole numbers (epochs, layers, steps)."""
+    axis.set_major_locator(mticker.MaxNLocator(nbins=5, steps=[1, 2, 5, 10], integer=True, min_n_ticks=2))
+
+
+def band(ax, x, low, high, color, alpha: float = 0.18) -> None:
+    """Queue a band (drawn by :func:`draw_bands` as one PolyCollection per panel: 600 ``fill_between``
+    calls took 28 s of the 135-run report)."""
+    x, low, high = (np.asarray(v, dtype=float) for v in (x, low, high))
+    keep = np.isfinite(x) & np.isfinite(low) & np.isfinite(high)
+    if keep.sum() < 2:
+        return
+    x, low, high = x[keep], low[keep], high[keep]
+    verts = np.concatenate([np.column_stack([x, low]), np.column_stack([x[::-1], high[::-1]])])
+    if not hasattr(ax, "_nnlab_bands"):
+        ax._nnlab_bands = []
+    ax._nnlab_bands.append((verts, (*matplotlib.colors.to_rgb(color), alpha)))
+
+
+def draw_bands(fig: Figure) -> None:
+    """One PolyCollection per panel for every band queued with :func:`band`."""
+    for ax in fig.axes:
+        bands = getattr(ax, "_nnlab_bands", [])
+        if bands:
+            ax.add_collection(PolyCollection([v for v, _ in bands], facecolors=[c for _, c in bands],
+                                             linewidths=0, zorder=1), autolim=False)
+            ax._nnlab_bands = []
 
 
 def _hide_unused(axes: np.ndarray, used: int) -> None:
@@ -128,7 +240,9 @@ def final_accuracy(runs: pd.DataFrame, design: Design, metric: str = "test_acc")
     panels = levels(agg, design.col) if design.col else [None]
     xs, hues = levels(agg, x), levels(agg, design.hue)
     n_cols = min(len(panels), 3)
-    fig, axes = _subplots(math.ceil(len(panels) / n_cols), n_cols, 0.75 * len(xs) + 1.4, 2.9, sharey=True)
+    fig, axes = grid(math.ceil(len(panels) / n_cols), n_cols, 0.75 * len(xs) + 1.4, 2.9, sharey=True,
+                     panel_title_lines=1, bottom=BOTTOM + (0.3 if len(xs) > 4 else 0.0),
+                     hgap=PANEL_TITLE + 0.2 + 0.5 + (0.3 if len(xs) > 4 else 0.0))
     colors = _palette(agg, design.hue)
     offsets = np.linspace(-0.25, 0.25, len(hues)) if len(hues) > 1 and design.x else np.zeros(len(hues))
     finished = runs[~runs["failed"]] if "failed" in runs.columns else runs
@@ -158,10 +272,12 @@ def final_accuracy(runs: pd.DataFrame, design: Design, metric: str = "test_acc")
     for ax in axes[:, 0]:
         ax.set_ylabel(metric)
     _hide_unused(axes, len(panels))
-    _legend(fig, axes, design.hue)
-    _title(fig, f"Final {metric} per configuration: mean and {BAND}"
-                + (f", open circles = each seed" if _few_seeds(agg) else "") + " (dotted: chance)")
-    return fig
+    entries = legend_entries(axes, hues)
+    if _few_seeds(agg):
+        entries["each seed"] = Line2D([], [], ls="none", marker="o", ms=3.5, mfc="none", mec="0.35", mew=0.7)
+    return finish(fig, f"Final {metric} per configuration: mean and {BAND}"
+                       + (", open circles = each seed" if _few_seeds(agg) else "") + " (dotted: chance)",
+                  entries, design.hue)
 
 
 def _few_seeds(agg: pd.DataFrame) -> bool:
@@ -223,18 +339,23 @@ def accuracy_heatmap(runs: pd.DataFrame, design: Design, metric: str = "test_acc
                     annot_kws={"fontsize": 8})
     ax.set_ylabel(" / ".join(rows))
     ax.set_xlabel(cols or "")
-    _title(fig, f"Mean {metric} over seeds (colours span the data's range)")
+    _constrained_title(fig, f"Mean {metric} over seeds (colours span the data's range)")
     return fig
 
 
-def _band(ax, agg: pd.DataFrame, x: str, color, label: str, style: str = "-") -> None:
+def _constrained_title(fig: Figure, text: str, fontsize: float = 11) -> None:
+    """A suptitle wrapped to the figure's width (single-panel figures keep constrained layout: cheap there)."""
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
+
+
+def _band(ax, agg: pd.DataFrame, x: str, color, label: str, style: str = "-", marker: str = "") -> None:
     """The mean as a line, its 95% interval as a band (``aggregate`` already put it in range)."""
-    ax.plot(agg[x], agg["mean"], style, color=color, label=label, lw=1.4)
-    ax.fill_between(agg[x], agg["ci_low"].fillna(agg["mean"]), agg["ci_high"].fillna(agg["mean"]), color=color,
-                    alpha=0.18, lw=0)
+    ax.plot(agg[x], agg["mean"], style + marker, color=color, label=label, lw=1.4, ms=3)
+    band(ax, agg[x], agg["ci_low"].fillna(agg["mean"]), agg["ci_high"].fillna(agg["mean"]), color)
 
 
-def _panels(design: Design, frame: pd.DataFrame) -> tuple[list[tuple], int, int]:
+def panel_layout(design: Design, frame: pd.DataFrame) -> tuple[list[tuple], int, int]:
     """The (x level, col level) of each panel and the grid's rows and columns: x down, col across
     when both vary (shrunk to fit the width), else wrapped into at most ``MAX_COLS`` columns."""
     xs = levels(frame, design.x) if design.x else [None]
@@ -246,7 +367,7 @@ def _panels(design: Design, frame: pd.DataFrame) -> tuple[list[tuple], int, int]
     return panels, math.ceil(len(panels) / n_cols), n_cols
 
 
-def _panel_title(design: Design, r, c) -> str:
+def panel_title(design: Design, r, c) -> str:
     """``activation=tanh`` over ``depth=16``: one line per factor, dotted keys by their last part."""
     return "\n".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in ((design.x, r), (design.col, c)) if v is not None)
 
@@ -278,8 +399,9 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
     log_y = scale == "log" if log_y is None else log_y
     frame = with_params(history[history["metric"].isin(metrics)], runs, design.by)
     agg = aggregate(frame, [*design.by, "metric", "step"], "value", scale=scale)
-    panels, n_rows, n_cols = _panels(design, agg)
-    fig, axes = _subplots(n_rows, n_cols, 2.6, 2.1, sharex=True, sharey=True)
+    panels, n_rows, n_cols = panel_layout(design, agg)
+    fig, axes = grid(n_rows, n_cols, 2.6, 2.1, sharex=True, sharey=True,
+                     panel_title_lines=sum(v is not None for v in (design.x, design.col)) or 1)
     colors = _palette(agg, design.hue)
     for ax, (r, c) in zip(axes.flat, panels):
         part = agg
@@ -292,8 +414,10 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
                 rows = part[(part[design.hue] == hue) & (part["metric"] == metric)]
                 if len(rows):
                     _band(ax, rows, "step", colors[hue], str(hue) if style == "-" else "_nolegend_", style)
-        ax.set_title(_panel_title(design, r, c), fontsize=8)
+        ax.set_title(panel_title(design, r, c), fontsize=8)
         ax.grid(alpha=0.3)
+    draw_bands(fig)
+    integer_ticks(axes.flat[0].xaxis)
     if log_y:  # once, on the shared axis
         _log_axis_around_means(axes.flat[0], agg["mean"].to_numpy(dtype=float), CHANCE_LOSS)
     chance = CHANCE_LOSS if scale == "log" else CHANCE_ACC if scale == "fraction" else None
@@ -308,12 +432,13 @@ def learning_curves(history: pd.DataFrame, runs: pd.DataFrame, design: Design,
     for ax in axes[:, 0]:
         ax.set_ylabel("loss" if scale == "log" else "accuracy" if scale == "fraction" else metrics[0])
     _hide_unused(axes, len(panels))
-    _legend(fig, axes, design.hue)
+    entries = legend_entries(axes, levels(agg, design.hue))
+    entries.update({f"{metrics[0]} (solid)": Line2D([], [], color="0.3", lw=1.4),
+                    f"{metrics[1]} (dashed)": Line2D([], [], color="0.3", lw=1.4, ls="--")})
     what = {"log": "loss", "fraction": "accuracy"}.get(scale, "curves")
     chance_text = {"log": "; dotted: chance, ln 10", "fraction": "; dotted: chance, 0.1"}.get(scale, "")
-    _title(fig, f"Learning curves ({what}): {metrics[0]} (solid), {metrics[1]} (dashed); mean and {BAND}"
-                + chance_text)
-    return fig
+    return finish(fig, f"Learning curves ({what}): {metrics[0]} (solid), {metrics[1]} (dashed); mean and {BAND}"
+                       + chance_text, entries, design.hue)
 
 
 def _mark_zeros(ax, agg: pd.DataFrame, color) -> bool:
@@ -342,7 +467,8 @@ def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat
     x_levels = levels(frame, design.x) if design.x else [None]
     n_cols = min(len(x_levels), MAX_COLS)
     block = math.ceil(len(x_levels) / n_cols)  # rows per phase
-    fig, axes = _subplots(2 * block, n_cols, 2.6, 2.2, sharex=True, sharey=True)
+    fig, axes = grid(2 * block, n_cols, 2.6, 2.2, sharex=True, sharey=True,
+                     panel_title_lines=2 if design.x else 1)
     colors = _palette(frame, design.hue)
     any_zero = False
     for i, phase in enumerate(PHASES):
@@ -355,8 +481,7 @@ def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat
                 if len(rows):
                     agg = aggregate(rows, ["layer"], "value", scale=scale)
                     shown = agg[agg["mean"] > 0] if log_y else agg
-                    _band(ax, shown, "layer", colors[hue], str(hue))
-                    ax.plot(shown["layer"], shown["mean"], "o", color=colors[hue], ms=3)
+                    _band(ax, shown, "layer", colors[hue], str(hue), marker="o")
                     if log_y:
                         any_zero |= _mark_zeros(ax, agg, colors[hue])
                     predicted = None if theory is None or phase != "init" else theory[
@@ -376,12 +501,13 @@ def layer_profile(layers: pd.DataFrame, runs: pd.DataFrame, design: Design, stat
         axes.flat[0].set_ylim(-0.03, 1.03)
     for ax in axes[:, 0]:
         ax.set_ylabel(STAT_LABELS.get(stat, stat))
+    draw_bands(fig)
     for ax in axes[-1]:
         ax.set_xlabel("layer (1 = nearest the input)")
-        ax.xaxis.get_major_locator().set_params(integer=True)
-    _legend(fig, axes, design.hue)
+    integer_ticks(axes.flat[0].xaxis)
+    entries = legend_entries(axes, levels(frame, design.hue))
     how = "geometric mean and 95% CI over seeds (log-space)" if scale == "log" else f"mean and {BAND}"
     dashed = "; dashed: mean-field theory" if theory is not None and len(theory) else ""
-    _title(fig, f"{STAT_LABELS.get(stat, stat)} by layer{suffix}: {how}{dashed}"
-                + ("; ▼ at the bottom edge = exactly 0, which a log axis cannot show" if any_zero else ""))
-    return fig
+    return finish(fig, f"{STAT_LABELS.get(stat, stat)} by layer{suffix}: {how}{dashed}"
+                       + ("; ▼ at the bottom edge = exactly\u00a00, which a log axis cannot show" if any_zero else ""),
+                  entries, design.hue)

@@ -11,6 +11,7 @@ Two frames come out of an experiment:
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import re
 import warnings
@@ -320,6 +321,37 @@ def _history_bulk(store, run_ids: list[str], key: str) -> list[tuple[str, str, i
             for m in store.get_metric_history_bulk(run_ids, key, max_results=2**62)]
 
 
+def _history_columns(store, keys_by_run: dict[str, list[str]]) -> list[tuple] | None:
+    """The same rows as ``_history_bulk``, one query per 500 runs for every key at once, read as plain columns.
+
+    ``get_metric_history_bulk`` builds an ORM object and an MLflow entity per value: on the 135-run
+    init_depth study (165,000 values) that is ~15 s of a 17 s read; plain columns take ~2 s. Only for
+    MLflow's SQL store (``None`` for any other store: the caller falls back to the public bulk reader).
+    """
+    try:
+        from mlflow.entities.entity_type import EntityAssociationType
+        from mlflow.store.tracking.dbmodels.models import SqlMetric
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    except ImportError:  # pragma: no cover - an MLflow without its SQL store
+        return None
+    if not isinstance(store, SqlAlchemyStore):
+        return None
+    wanted = {(run_id, key) for run_id, keys in keys_by_run.items() for key in keys}
+    keys = sorted({key for _, key in wanted})
+    run_ids = sorted({run_id for run_id, _ in wanted})
+    rows: list[tuple] = []
+    for start in range(0, len(run_ids), 500):  # SQLite allows 32,766 bound values; 500 runs + keys stay far below
+        with store.ManagedSessionMaker() as session:
+            # the hook MLflow's own bulk reader applies (workspaces may hide runs)
+            chunk = store._filter_entity_ids(session, EntityAssociationType.RUN, run_ids[start:start + 500])
+            query = (session.query(SqlMetric.run_uuid, SqlMetric.key, SqlMetric.step, SqlMetric.value,
+                                   SqlMetric.timestamp, SqlMetric.is_nan)
+                     .filter(SqlMetric.run_uuid.in_(chunk), SqlMetric.key.in_(keys)))
+            rows.extend((run, key, step, math.nan if is_nan else value, timestamp)
+                        for run, key, step, value, timestamp, is_nan in query if (run, key) in wanted)
+    return rows
+
+
 def _history_one(client: MlflowClient, run_id: str, key: str) -> list[tuple[str, str, int, float, int]]:
     return [(run_id, key, m.step, m.value, m.timestamp) for m in client.get_metric_history(run_id, key)]
 
@@ -332,7 +364,10 @@ def history_frame(client: MlflowClient, keys_by_run: dict[str, list[str]], *, bu
     """
     store = _bulk_store(client) if bulk else None
     rows: list[tuple] = []
-    if store is not None:
+    fast = _history_columns(store, keys_by_run) if store is not None else None
+    if fast is not None:
+        rows = fast
+    elif store is not None:
         runs_by_key: dict[str, list[str]] = {}
         for run_id, keys in keys_by_run.items():
             for key in keys:

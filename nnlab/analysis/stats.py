@@ -1,11 +1,11 @@
 """Aggregates across seeds: mean, std and a 95% confidence interval per configuration."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from .records import EPOCH_METRICS, FINAL_METRICS, RUN_COLUMNS
 
@@ -61,8 +61,16 @@ def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     if n < 2:
         return (np.nan, np.nan)
     mean, sem = float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(n))
-    half = float(sps.t.ppf(0.5 + level / 2, df=n - 1)) * sem
+    half = _t_quantile(0.5 + level / 2, n - 1) * sem
     return (mean - half, mean + half)
+
+
+@functools.lru_cache(maxsize=256)
+def _t_quantile(q: float, df: int) -> float:
+    """scipy's t quantile, once per (q, df): a report asks for it thousands of times with a few seeds' counts."""
+    from scipy import stats as sps  # here, not at import: scipy.stats takes ~1 s to import, a report needs it once
+
+    return float(sps.t.ppf(q, df=df))
 
 
 def bootstrap_interval(values: np.ndarray, level: float = 0.95, n_boot: int = 2000,
@@ -129,11 +137,19 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str], value: str = "test_acc", *
         raise KeyError(f"column(s) {missing} not in frame; available: {list(frame.columns)}")
     if frame.empty:
         return pd.DataFrame(columns=[*by, *AGG_COLUMNS])
-    rows = []
-    for key, group in frame.groupby(by, sort=True, dropna=False) if by else [((), frame)]:
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append({**dict(zip(by, key)), **summarize(group[value].to_numpy(dtype=float), level, method,
-                                                       n_boot, seed, scale)})
+    values = frame[value].to_numpy(dtype=float)
+    if not by:
+        rows = [summarize(values, level, method, n_boot, seed, scale)]
+        return pd.DataFrame(rows, columns=AGG_COLUMNS).astype({"n": "int64", "n_missing": "int64", "n_zero": "int64"})
+    # group by codes and slices of one sorted array, not by pandas' per-group frames: a report aggregates
+    # thousands of (configuration, epoch) groups, and building a frame per group cost more than the statistics
+    codes = frame.groupby(by, sort=True, dropna=False).ngroup().to_numpy()
+    order = np.argsort(codes, kind="stable")
+    starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
+    ends = np.r_[starts[1:], len(order)]
+    keys = frame[by].iloc[order[starts]].itertuples(index=False, name=None)
+    rows = [{**dict(zip(by, key)), **summarize(values[order[a:b]], level, method, n_boot, seed, scale)}
+            for key, a, b in zip(keys, starts, ends)]
     out = pd.DataFrame(rows, columns=[*by, *AGG_COLUMNS])
     return out.astype({"n": "int64", "n_missing": "int64", "n_zero": "int64"})
 

@@ -14,6 +14,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from . import plots
 from .design import Design, levels
 from .records import at_step, with_params
 from .stats import aggregate, config_label
@@ -72,7 +73,8 @@ def measured_vs_predicted(history: pd.DataFrame, runs: pd.DataFrame, design: Des
     wide = rows.pivot_table(index=["run_id", "stat", "layer"], columns="source", values="value").reset_index()
     wide = with_params(wide.dropna(subset=["theory", "measured"]), runs, design.by)
     hue = design.hue
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.6), layout="constrained")
+    fig, axes = plots.grid(1, 2, 3.7, 3.7, panel_title_lines=2, legend_w=1.6, wgap=0.85)
+    axes = axes[0]
     colors = dict(zip(levels(wide, hue), sns.color_palette("colorblind", len(levels(wide, hue)))))
     for ax, stat, label in zip(axes, ("preact_std", "act_std"), ("pre-activation std", "hidden output std")):
         part = wide[wide["stat"] == stat]
@@ -89,8 +91,8 @@ def measured_vs_predicted(history: pd.DataFrame, runs: pd.DataFrame, design: Des
             ax.set_xlim(lo, hi)
             ax.set_ylim(lo, hi)
             subs = (1.0, 2.0, 5.0) if hi / lo < 100 else (1.0,)  # labels that fit: 1-2-5 only on short ranges
-            for axis in (ax.xaxis, ax.yaxis):
-                axis.set_major_locator(ticker.LogLocator(subs=subs))
+            for axis, numticks in ((ax.xaxis, 6), (ax.yaxis, 9)):  # x labels sit side by side: fewer fit
+                axis.set_major_locator(ticker.LogLocator(subs=subs, numticks=numticks))
                 axis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
                 axis.set_minor_formatter(ticker.NullFormatter())
             err = np.median(np.abs(part["measured"] / part["theory"] - 1))
@@ -98,9 +100,11 @@ def measured_vs_predicted(history: pd.DataFrame, runs: pd.DataFrame, design: Des
         ax.set_xlabel("predicted by mean-field theory")
         ax.set_ylabel("measured at initialisation")
         ax.grid(alpha=0.3, which="both")
-    handles, labels = axes[0].get_legend_handles_labels()
-    fig.legend(handles, labels, title=hue, loc="outside right center", frameon=False, markerscale=2)
-    fig.suptitle("Measured vs predicted std at initialisation (epoch 0; every run and hidden layer)")
+    fig = plots.finish(fig, "Measured vs predicted std at initialisation (epoch 0; every run and hidden layer)",
+                       plots.legend_entries(axes, levels(wide, hue)), hue)
+    for handle in fig.legends[0].legend_handles:  # the scatter's 9-point dots, readable in the legend
+        if hasattr(handle, "set_sizes"):
+            handle.set_sizes([30])
     return fig
 
 
@@ -181,31 +185,42 @@ def jacobian_spectrum(runs: pd.DataFrame, design: Design, n_inputs: int = 4) -> 
         label = label + " / " + config_label(spectra, others)
     spectra["config"] = label
     panels = levels(spectra, panel_col) if panel_col else [None]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels) + 0.5, 4.4), squeeze=False,
-                             layout="constrained")
+    fig, axes = plots.grid(1, len(panels), 3.0, 3.0, sharey=False, panel_title_lines=1, legend_w=1.5, wgap=0.7)
     configs = levels(spectra, "config")
-    colors = dict(zip(configs, sns.color_palette("colorblind", len(configs))))
+    colors = plots.palette(configs)
     for ax, panel in zip(axes[0], panels):
         part = spectra if panel is None else spectra[spectra[panel_col] == panel]
         positive = part.loc[part["sv"] > 0, "sv"]
         lo, hi = np.log10(positive.min()), np.log10(positive.max())
         bins = np.logspace(math.floor(lo * 2) / 2, math.ceil(hi * 2) / 2 + 1e-9, 40)
+        zeros = []
         for config in configs:
-            sv = part.loc[(part["config"] == config) & (part["sv"] > 0), "sv"]
-            zeros = int(((part["config"] == config) & (part["sv"] <= 0)).sum())
-            if len(sv):
-                label = f"{config}" + (f" (+{zeros} zero)" if zeros else "")
-                ax.hist(sv, bins=bins, histtype="step", lw=1.6, color=colors[config], label=label)
-        ax.axvline(1.0, color="grey", ls=":", lw=1)
+            mine = part.loc[part["config"] == config, "sv"]
+            sv = mine[mine > 0]
+            if len(sv):  # a histogram as one step line: a Line2D, like every other figure's curves
+                counts, edges = np.histogram(sv, bins=bins)
+                ax.plot(edges, np.append(counts, counts[-1]), drawstyle="steps-post", lw=1.5, color=colors[config],
+                        label=config)
+            if (mine <= 0).any():
+                zeros.append(f"{config}: {int((mine <= 0).sum())} of {len(mine)}")
+        if zeros:  # singular values that are exactly 0 (dead ReLUs, underflow) have no place on a log axis
+            ax.set_ylim(0, ax.get_ylim()[1] * (1.25 + 0.1 * len(zeros)))  # room for the note above the bars
+            ax.text(0.02, 0.98, "exactly 0, not drawn:\n" + "\n".join(zeros), transform=ax.transAxes, ha="left",
+                    va="top", fontsize=7, color="0.25")
+        ax.axvline(1.0, color="grey", ls=":", lw=1, label="1 = isometry")
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(ticker.LogLocator(numticks=5))
         ax.set_xlabel("singular value of d a^L / d x")
-        ax.set_ylabel("count (all seeds and probe inputs)")
-        ax.set_title(f"{panel_col} = {panel}" if panel is not None else "", fontsize=10)
-        ax.legend(fontsize=7, frameon=False, loc="upper left")
+        ax.set_title(f"{panel_col} = {panel}" if panel is not None else "", fontsize=9)
         ax.grid(alpha=0.3)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("count (all seeds and probe inputs)")
+    for ax in axes[0]:
+        plots.integer_ticks(ax.yaxis)
     depth = f", depth {int(runs['model.depth'].iloc[0])}" if runs["model.depth"].nunique() == 1 else ""
-    fig.suptitle(f"Jacobian singular values at initialisation{depth} (dotted: 1 = isometry; exact SVD)")
-    return fig
+    return plots.finish(fig, f"Jacobian singular values at initialisation{depth}, pooled over seeds and "
+                             f"{n_inputs} probe inputs (exact SVD; log axis: values that are exactly 0 are "
+                             f"counted in each panel's corner)", plots.legend_entries(axes, configs), "configuration")
 
 
 # --- the trainability map (Schoenholz et al. 2017, Fig. 5 in miniature) -------------------------
