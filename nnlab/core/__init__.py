@@ -12,7 +12,8 @@ from .norm import LayerNorm
 from .optim import OPTIMIZERS, SCHEDULES, SGD, Adam, Momentum, Optimizer, get_schedule, make_optimizer
 from .parametrization import (INIT_VARIANCES, PARAMETRIZATIONS, LayerScale, coord_stats, init_variance,
                               layer_scales, scale_record)
-from .train import (DivergenceError, History, TrainConfig, accuracy, evaluate, fit, loss_and_grads, predict,
+from .objective import loss_and_grads
+from .train import (DivergenceError, History, TrainConfig, accuracy, evaluate, fit, predict,
                     train_epoch)
 
 __all__ = [

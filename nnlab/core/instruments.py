@@ -23,6 +23,7 @@ import numpy as np
 
 from .losses import softmax_cross_entropy
 from .network import MLP
+from .objective import loss_and_grads
 
 Array = np.ndarray
 
@@ -102,8 +103,6 @@ def grad_noise_scale(model: MLP, x: Array, y: Array, weight_decay: float = 0.0) 
     caches already hold the forward pass of this very ``x`` (``activation_stats`` on the probe batch just ran),
     only the backward pass is run.
     """
-    from .train import loss_and_grads
-
     n = len(x)
     if model.layers[0].x is x and model.layers[-1].z is not None and len(model.layers[-1].z) == n:
         model.backward(softmax_cross_entropy(model.layers[-1].z, y)[1])  # reuse the cached forward pass
@@ -131,8 +130,6 @@ def _as_float64(model: MLP, cache: MLP | None = None) -> MLP:
 
 def loss_gradient(model: MLP, x: Array, y: Array, weight_decay: float = 0.0) -> Array:
     """Gradient (P,) of the mean cross-entropy + 0.5 wd sum ||W||^2 on (x, y), as a copy."""
-    from .train import loss_and_grads
-
     loss_and_grads(model, x, y, weight_decay)
     return model.flat_grads.copy()
 

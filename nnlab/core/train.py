@@ -16,8 +16,9 @@ import numpy as np
 
 from .diagnostics import GradNormMeter, TrainMeter, activation_length_logvar, activation_stats
 from .instruments import InstrumentConfig, Instruments
-from .losses import LossFn, get_loss, l2_penalty, softmax_cross_entropy
+from .losses import LossFn, get_loss, softmax_cross_entropy
 from .network import MLP
+from .objective import loss_and_grads
 from .optim import Optimizer, get_schedule
 from .parametrization import coord_stats
 
@@ -109,23 +110,6 @@ def evaluate(model: MLP, x: Array, y: Array, batch_size: int = 4096,
         loss_sum += loss * len(logits)
         correct += int((logits.argmax(axis=1) == y[i : i + batch_size]).sum())
     return loss_sum / len(x), correct / len(x)
-
-
-def loss_and_grads(model: MLP, x: Array, y: Array, weight_decay: float = 0.0,
-                   train_meter: TrainMeter | None = None, loss_fn: LossFn = softmax_cross_entropy) -> float:
-    """Forward + backward on one batch: fills ``model.grads()``, returns the regularised loss.
-
-    ``train_meter`` (if given) is shown the batch's loss and logits; ``loss_fn`` is one of
-    ``nnlab.core.losses.LOSSES``."""
-    logits = model.forward(x, reuse=True)
-    loss, dlogits = loss_fn(logits, y)
-    if train_meter is not None:
-        train_meter.update(loss, logits, y)
-    model.backward(dlogits)
-    if weight_decay:
-        loss += l2_penalty(model.weights, weight_decay)
-        model.add_weight_decay(weight_decay)
-    return loss
 
 
 def train_epoch(model: MLP, optimizer: Optimizer, x: Array, y: Array, batch_size: int,

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from nnlab.record import signals
 from nnlab.spec import RunSpec, run_name
@@ -394,11 +394,11 @@ class SweepCallback(Callback):
         self.parent.log_metrics(metrics, step=0)
 
     def _attach_report(self) -> None:
-        """Draw this sweep's report (``nnlab.report``) and attach it to the parent run under ``report/``;
+        """Draw this sweep's report (``nnlab.analysis.report``) and attach it to the parent run under ``report/``;
         a report that cannot be drawn is one line, never a reason for the sweep to fail
         (``tracking.sweep_report=false`` skips it)."""
         try:
-            from nnlab.report import write_sweep_report
+            from nnlab.analysis.report import write_sweep_report
 
             out = self.sweep_dir / "report"
             write_sweep_report(self.tracker.client, self.experiment_id, self.parent.run_id, out)
