@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from nnlab.record.signals import deliver, held, signal_of
+from nnlab.record.ui import missing_view
 
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -92,7 +93,9 @@ def ui_path(experiment_id: str, run_id: str | None = None) -> str:
     run, both in the model-training navigation: ``#/experiments/1/runs?workflowType=machine_learning&...``."""
     if run_id is not None:
         return f"#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
-    return f"#/experiments/{experiment_id}/runs?{UI_WORKFLOW}&{UI_BEST_FIRST}"
+    from nnlab.record.ui import view_query
+
+    return f"#/experiments/{experiment_id}/runs?{UI_WORKFLOW}&{UI_BEST_FIRST}&{view_query()}"
 
 
 def ui_hint(uri: str, experiment_id: str) -> str:
@@ -107,8 +110,10 @@ def ui_hint(uri: str, experiment_id: str) -> str:
             shown = f"sqlite:///{path.relative_to(Path.cwd())}"
         except ValueError:
             pass
-    return (f"Open the MLflow UI:  mlflow ui --backend-store-uri {shown}\n"
-            f"            then:  http://127.0.0.1:5000/{runs}")
+    from nnlab.record.ui import ui_base, ui_command
+
+    return (f"Open the MLflow UI:  {ui_command(shown)}\n"
+            f"            then:  {ui_base()}/{runs}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -611,7 +616,9 @@ def _schema_lock(uri: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    with open(path.parent / f".{path.name}.lock", "a") as lock:
+    from nnlab.record.ui import lock_path
+
+    with open(lock_path(path), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -738,7 +745,7 @@ class Tracker:
             try:
                 with uninterrupted():
                     return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
-                                                         tags=dict([EXPERIMENT_KIND]))
+                                                         tags={**dict([EXPERIMENT_KIND]), **missing_view({})})
             except MlflowException as err:  # another process created it in between
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
@@ -749,6 +756,8 @@ class Tracker:
                              "or choose another tracking.experiment")
         if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
             self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        for key, value in missing_view(experiment.tags).items():  # the UI's saved view (nnlab.record.ui)
+            self.client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
     def _base_tags(self, tags: Mapping[str, Any] | None, uid: str) -> dict[str, str]:
