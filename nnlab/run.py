@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from nnlab import spec as C
 from nnlab._cli import exit_without_final_collection, freeze_startup_heap
+from nnlab.extras import hint_for_hydra_error, refuse_missing_launcher
 from nnlab.record import signals
 from nnlab.sweep.callback import FINGERPRINT_TAG, abort_active, job_context
 from nnlab.record.store import RunLogger, RunSpooled, StoreUnavailable, Tracker
@@ -297,6 +298,7 @@ def main(cfg: DictConfig) -> float | None:
 def _hydra_error_line(err: BaseException) -> str:
     """Hydra's own refusals (an unknown override, a missing option, a malformed YAML) in one line."""
     text = " ".join(str(err).split()).split(" Config search path:")[0]  # Hydra's search path: noise here
+    text = hint_for_hydra_error(text)  # a launcher plugin that is absent: name its extra
     if err.__cause__ is not None and str(err.__cause__).strip():
         text += f" ({' '.join(str(err.__cause__).split())})"
     return f"nnlab: {text[:400] or type(err).__name__} -- no run was created"
@@ -310,6 +312,7 @@ def cli() -> None:
     SIGTERM (143) stopped it.
     """
     exit_without_final_collection()
+    refuse_missing_launcher(sys.argv[1:])  # an extra that is not installed: one line, exit 2, nothing created
     signals.raise_on_sigterm()  # SIGTERM at any moment unwinds like Ctrl-C: exit 143, never a bare -15
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a long traceback: one line here

@@ -155,6 +155,7 @@ class SweepCallback(Callback):
         is left to report a bad override."""
         from hydra.errors import HydraException
 
+        _check_launcher(config)  # its extra installed, before anything exists (nnlab.extras)
         try:
             self.plan = _checked_plan(config)
         except HydraException:
@@ -573,6 +574,16 @@ def summarize(children: list, fingerprints: list[str] | None, aborted: bool = Fa
 
 
 # --- checks before any run exists ----------------------------------------------------------------
+def _check_launcher(config: DictConfig) -> None:
+    """The launcher's optional extra is installed (else one line naming its install command, exit 2)."""
+    from nnlab.extras import MissingExtra, check_launcher
+
+    try:
+        check_launcher(str(OmegaConf.select(config, "hydra.launcher._target_", default="")))
+    except MissingExtra as err:
+        _refuse(str(err))
+
+
 def _checked_plan(config: DictConfig) -> Plan | None:
     """Every job of the grid, validated (exits 2 with one line on a refused config); None for
     sweepers other than the grid."""
