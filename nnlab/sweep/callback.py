@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -45,7 +46,9 @@ ENV_STOP_FILE = "NNLAB_STOP_FILE"  # exists once the sweep is stopping: jobs not
 _ENV = (ENV_PARENT, ENV_SWEEP_ID, ENV_SWEEP_SIZE, ENV_SWEEP_KEYS, ENV_STOP_FILE)
 FINGERPRINT_TAG = "nnlab.fingerprint"
 SWEEP_KEY_TAG = "nnlab.sweep_key"  # the same grid has the same key: how resume finds its parent
-WORKER_GRACE_SECONDS = 10.0  # after a signal, how long workers get to close their runs
+# after a signal, how long workers get to close their runs before they are killed and the sweep
+# closes what they left RUNNING (KILLED, the signal as reason): the command is gone within 2 s
+WORKER_GRACE_SECONDS = 0.5
 
 # override lists of the jobs the sweeper must not launch (finished in an earlier attempt); read by
 # hydra_plugins.nnlab_sweeper in this same process
@@ -123,9 +126,11 @@ class SweepCallback(Callback):
         # cleanly: cut in half, the set-up would leave the parent run RUNNING or workers behind.
         global _ACTIVE
         signals.received.clear()  # what an earlier sweep in this process saw is not this one's
+        # the checks create nothing: a signal during them stops the command at once (no run exists)
+        checked = self._check(config)
         with signals.held() as pending:
             try:
-                started = self._start(config)
+                started = checked and self._start(config)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except Exception as err:
@@ -150,21 +155,34 @@ class SweepCallback(Callback):
         sys.stderr.write(f"nnlab: {message}\n")
         sys.exit(1)
 
-    def _start(self, config: DictConfig) -> bool:
-        """Check the jobs and the data, open the store and the parent run; False if Hydra's sweeper
-        is left to report a bad override."""
+    def _check(self, config: DictConfig) -> bool:
+        """The launcher's extra, every job's config and the data, before anything exists (a refusal
+        exits 2 with one line); False if Hydra's sweeper is left to report a bad override."""
         from hydra.errors import HydraException
 
-        _check_launcher(config)  # its extra installed, before anything exists (nnlab.extras)
+        from nnlab.sweep.workers import uses_joblib
+
+        _check_launcher(config)  # its extra installed (nnlab.extras)
         try:
             self.plan = _checked_plan(config)
         except HydraException:
             return False  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
-        from nnlab.sweep.workers import prestart, uses_joblib
-
+        except Exception as err:
+            self._failed_start(err)
         self._joblib = uses_joblib(config)
         self._report = bool(OmegaConf.select(config, "tracking.sweep_report", default=True))
-        _check_data(self.plan.configs if self.plan is not None else [config], load=not self._joblib)
+        try:
+            _check_data(self.plan.configs if self.plan is not None else [config], load=not self._joblib)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            self._failed_start(err)
+        return True
+
+    def _start(self, config: DictConfig) -> bool:
+        """Open the store and the parent run (the jobs and the data are checked by ``_check``)."""
+        from nnlab.sweep.workers import prestart
+
         self._open_experiment(config)
         sweep_id, parent_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}", None
         if self.plan is not None:
@@ -364,6 +382,7 @@ class SweepCallback(Callback):
                 why = signals.Interrupted(reason).name if reason else "interrupted"
                 self.tracker.mark_ended(run.info.run_id, "KILLED" if reason else "FAILED", why)
                 run.info._status = "KILLED" if reason else "FAILED"
+                run.data.tags[FAILURE_TAG] = why  # the summary counts it as the store now has it
         summary = summarize(children, self.plan.fingerprints if self.plan else None, aborted is not None,
                             self.done_before)
         self.parent.set_tags({"nnlab.jobs_finished": summary.finished, "nnlab.jobs_failed": summary.failed,
@@ -409,8 +428,13 @@ class SweepCallback(Callback):
             from nnlab.report import write_sweep_report
 
             out = self.sweep_dir / "report"
-            write_sweep_report(self.tracker.client, self.experiment_id, self.parent.run_id, out)
+            with signals.raising():  # drawing is seconds of work and writes nothing: a signal skips it
+                write_sweep_report(self.tracker.client, self.experiment_id, self.parent.run_id, out)
             self.parent.log_artifact(out, "report")
+        except KeyboardInterrupt as err:  # the sweep's own closing holds signals: hand this one back to it
+            print(f"nnlab: no report attached to the sweep: stopped by "
+                  f"{signals.Interrupted(signals.signal_of(err)).name}", file=sys.stderr, flush=True)
+            signal.raise_signal(signals.signal_of(err))
         except Exception as err:
             print(f"nnlab: no report attached to the sweep: {_first_line(err)}", file=sys.stderr)
 

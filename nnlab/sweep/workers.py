@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # what every job needs, imported once in the forkserver instead of once per worker
 PRELOAD = [
+    "nnlab.sweep.forkserver_init",  # first: the server and its workers ignore SIGINT outside a job
     "numpy",
     "mlflow",
     "mlflow.store.tracking.sqlalchemy_store",  # the sqlite store; MLflow imports it on first use
@@ -80,6 +81,26 @@ def use_forkserver() -> bool:
     return True
 
 
+def start_forkserver() -> None:
+    """Start the forkserver now, from the main thread, with SIGINT blocked while it is spawned.
+
+    The blocked signal mask is inherited through fork and exec, so the new server's interpreter
+    start-up cannot be cut by Ctrl-C (a traceback from ``multiprocessing/forkserver.py``);
+    ``nnlab.sweep.forkserver_init``, its first preloaded module, then ignores SIGINT and unblocks it.
+    Here the mask is restored at once: a SIGINT that came meanwhile is delivered to this process.
+    Elsewhere than the main thread, or without ``pthread_sigmask``, the server starts on first use."""
+    import multiprocessing.forkserver
+    import signal
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 def _worker_pid() -> int:
     import os
 
@@ -93,7 +114,8 @@ def prestart(config: DictConfig) -> threading.Thread | None:
     kwargs = _joblib_kwargs(config)
     if kwargs is None:
         return None
-    use_forkserver()
+    if use_forkserver():
+        start_forkserver()
 
     def spawn() -> None:
         from joblib import Parallel, cpu_count, delayed
@@ -168,4 +190,4 @@ def signal_workers(signum: int, grace: float, settled: Callable[[], bool]) -> No
             pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and not settled():
-        time.sleep(0.2)
+        time.sleep(0.05)
