@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 from nnlab import spec as C
 from nnlab._cli import exit_without_final_collection, freeze_startup_heap
 from nnlab.extras import hint_for_hydra_error, refuse_missing_launcher
+from nnlab.hints import hydra_refusal
 from nnlab.record import signals
 from nnlab.sweep.callback import FINGERPRINT_TAG, abort_active, job_context
 from nnlab.record.store import RunLogger, RunSpooled, StoreUnavailable, Tracker
@@ -301,6 +302,7 @@ def _hydra_error_line(err: BaseException) -> str:
     text = hint_for_hydra_error(text)  # a launcher plugin that is absent: name its extra
     if err.__cause__ is not None and str(err.__cause__).strip():
         text += f" ({' '.join(str(err.__cause__).split())})"
+    text = hydra_refusal(text) or text  # a typo or a wrong type: nnlab's words, with "did you mean"
     return f"nnlab: {text[:400] or type(err).__name__} -- no run was created"
 
 

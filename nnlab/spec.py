@@ -381,8 +381,11 @@ def check_added_keys(overrides: Iterable[str]) -> None:
         key = override.key_or_group
         if key.startswith(_ADDABLE) or key in _SCHEMA_LEAVES():
             continue
+        from nnlab.hints import suggestion
+
         raise ConfigError(override.input_line.split("=", 1)[0], override.value(),
-                          "nnlab does not use this key; see `python -m nnlab.run --help` for the keys it reads")
+                          f"nnlab does not use this key{suggestion(key, _SCHEMA_LEAVES())} "
+                          "(`python -m nnlab.run --help` lists the keys it reads)")
 
 
 @functools.cache
@@ -437,7 +440,9 @@ def _apply_leaf(cfg: DictConfig, override: Any) -> None:
     try:
         OmegaConf.update(cfg, key, value, merge=True, force_add=override.is_add() or override.is_force_add())
     except Exception as err:  # omegaconf's ValidationError / ConfigKeyError: a wrong type or an unknown key
-        raise ConfigError(key, value, str(err).splitlines()[0]) from None
+        from nnlab.hints import omegaconf_requirement
+
+        raise ConfigError(key, value, omegaconf_requirement(err)) from None
 
 
 def varying_keys(jobs: list[list[str]]) -> list[str]:
