@@ -30,6 +30,7 @@ from nnlab import spec as C
 from nnlab._cli import exit_without_final_collection, freeze_startup_heap
 from nnlab.extras import hint_for_hydra_error, refuse_missing_launcher
 from nnlab.hints import hydra_refusal
+from nnlab.record.names import distinct_run_name
 from nnlab.record import signals
 from nnlab.sweep.callback import FINGERPRINT_TAG, abort_active, job_context
 from nnlab.record.store import RunLogger, RunSpooled, StoreUnavailable, Tracker
@@ -226,6 +227,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     model, optimizer, train_config = build(cfg, data)
     tracker = Tracker.from_config(cfg.tracking, base=context.get("cwd"))
     name = C.run_name(cfg, context.get("overrides", ()), context.get("varying", ()))
+    name = distinct_run_name(tracker, cfg.tracking.experiment, name, C.fingerprint(cfg))  # nnlab.record.names
     # a worker spawned before the parent run existed finds it by the sweep_id tag; a job of a sweep
     # (whose store answered at its start) goes on if the store fails now, and spools its run
     with tracker.open_run(cfg.tracking.experiment, name, _run_tags(cfg, context), context.get("parent_id"),

@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,6 +207,9 @@ class SweepCallback(Callback):
         else:
             name = parent_run_name(config.tracking.experiment, axes, time.time(), sweep_id)
             self.parent = self.tracker.start_run(self.experiment_id, name, tags)
+        with contextlib.suppress(Exception):  # the UI's view of the sweep; never a reason to stop it
+            self.parent.log_params(sweep_params(self.plan, axes))
+            self.parent.set_tags(parent_description(self.experiment_id, self.parent.run_id, self._report))
         self.parent.flush()
         os.environ[ENV_PARENT] = self.parent.run_id  # in-process jobs; prestarted workers look it up
         return True
@@ -248,9 +252,9 @@ class SweepCallback(Callback):
             cleaned = f"; {stale} stale RUNNING run(s) marked KILLED" if stale else ""
             print(f"nnlab: resume: {len(finished)} skipped (FINISHED before), {len(plan.jobs) - len(finished)} "
                   f"to run{joined}{cleaned}", file=sys.stderr, flush=True)
-        elif finished:
+        elif finished and len(finished) < len(plan.jobs):  # all FINISHED before: resume=true would run nothing
             rest = len(plan.jobs) - len(finished)
-            hint = f"to run only the other {rest}, add resume=true" if rest else "resume=true would run none of them"
+            hint = f"to run only the other {rest}, add resume=true"
             print(f"nnlab: {len(finished)} of {len(plan.jobs)} jobs of this sweep already have a FINISHED run in "
                   f"experiment {config.tracking.experiment!r}; running all {len(plan.jobs)} again ({hint})",
                   file=sys.stderr, flush=True)
@@ -400,7 +404,7 @@ class SweepCallback(Callback):
               file=sys.stderr)
         for event in self.worker_events:
             print(f"  {event}", file=sys.stderr)
-        if aborted is not None and self.plan is not None and summary.not_run + summary.failed:
+        if aborted is not None and self.plan is not None and summary.total > summary.finished:  # resume runs some
             print(f"  resume with:  {resume_command()}", file=sys.stderr)
         print(self.tracker.where(self.experiment_id), file=sys.stderr, flush=True)
         if self._stop_file is not None:
@@ -425,10 +429,13 @@ class SweepCallback(Callback):
         a report that cannot be drawn is one line, never a reason for the sweep to fail
         (``tracking.sweep_report=false`` skips it)."""
         try:
+            from nnlab.analysis.records import DuplicateRunsWarning
             from nnlab.report import write_sweep_report
 
             out = self.sweep_dir / "report"
-            with signals.raising():  # drawing is seconds of work and writes nothing: a signal skips it
+            with signals.raising(), warnings.catch_warnings():  # drawing writes nothing: a signal skips it
+                # runs of earlier sweeps repeating this one's configurations: noise in this sweep's report
+                warnings.simplefilter("ignore", DuplicateRunsWarning)
                 write_sweep_report(self.tracker.client, self.experiment_id, self.parent.run_id, out)
             self.parent.log_artifact(out, "report")
         except KeyboardInterrupt as err:  # the sweep's own closing holds signals: hand this one back to it
@@ -440,6 +447,27 @@ class SweepCallback(Callback):
 
     def _children(self) -> list:
         return self.tracker.children(self.experiment_id, self.parent.run_id)
+
+
+def sweep_params(plan: "Plan | None", axes: list[str]) -> dict[str, str]:
+    """The parent run's params: ``sweep.axes`` and every resolved config value (and group choice)
+    that all the jobs share -- the sweep's fixed configuration, under the record's names."""
+    from nnlab.spec import GROUPS, flat_params
+
+    params = {"sweep.axes": " ".join(axes) or "(none)"}
+    if plan is None or not plan.configs:
+        return params
+    flat = [{**{g: str(c[g].name) for g in GROUPS if g in c}, **flat_params(c)} for c in plan.configs]
+    first = flat[0]
+    params.update({k: v for k, v in first.items() if k not in axes and all(f.get(k) == v for f in flat[1:])})
+    return params
+
+
+def parent_description(experiment_id: str, run_id: str, report: bool) -> dict[str, str]:
+    """The parent's description in the UI (``mlflow.note.content``, Markdown): a link to its report."""
+    from nnlab.record.ui import report_description
+
+    return {"mlflow.note.content": report_description(experiment_id, run_id)} if report else {}
 
 
 def abort_active(error: BaseException | None) -> bool:
