@@ -31,8 +31,7 @@ def test_ui_hint_gives_the_command_and_the_runs_link(monkeypatch, tmp_path):
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in hint
     assert "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" in hint
     assert T.ui_hint("http://host:5000/", "3") == \
-        ("MLflow runs: http://host:5000/#/experiments/3/runs?workflowType=machine_learning"
-         "&orderByKey=metrics.%60test_acc%60&orderByAsc=false&viewStateShareKey=nnlab-runs")
+        "MLflow runs: http://host:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=nnlab-runs"
     assert T.ui_path("3", "abc") == "#/experiments/3/runs/abc?workflowType=machine_learning"
 
 

@@ -95,7 +95,7 @@ def ui_path(experiment_id: str, run_id: str | None = None) -> str:
         return f"#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
     from nnlab.record.ui import view_query
 
-    return f"#/experiments/{experiment_id}/runs?{UI_WORKFLOW}&{UI_BEST_FIRST}&{view_query()}"
+    return f"#/experiments/{experiment_id}/runs?{UI_WORKFLOW}&{view_query()}"  # the view sorts best first
 
 
 def ui_hint(uri: str, experiment_id: str) -> str:

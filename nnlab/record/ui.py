@@ -8,8 +8,7 @@ MLflow only (no Hydra, no nnlab config): the record's presentation in MLflow's o
   ``MLFLOW_PORT=5001`` (what ``make ui PORT=5001`` / ``make demo PORT=5001`` set) makes both agree.
 * **Saved view.** MLflow 3.x's UI (``viewStateShareKey=<key>`` in the runs page's URL) opens the
   runs page with the view stored in the experiment tag ``mlflow.sharedViewState.<key>``: chosen
-  columns, sort order and chart panels. nnlab stores one such view per experiment and its link
-  carries the key.
+  columns and sort order. nnlab stores one such view per experiment and its link carries the key.
 """
 from __future__ import annotations
 
@@ -17,7 +16,6 @@ import hashlib
 import json
 import os
 import tempfile
-import time
 from pathlib import Path
 from typing import Any, Iterable
 from urllib.parse import quote
@@ -25,11 +23,9 @@ from urllib.parse import quote
 DEFAULT_UI_PORT = 5000
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."  # MLflow UI's experiment tag of a saved view
 VIEW_KEY = "nnlab-runs"  # ``viewStateShareKey=nnlab-runs``: the view nnlab saves in each experiment
-VIEW_NAME = "nnlab: accuracy and configuration"
 # the runs table's columns in the saved view, as the UI keys them (``metrics.`test_acc```)
 VIEW_METRICS = ("test_acc", "best_val_acc", "epochs_run")
 VIEW_PARAMS = ("activation", "init", "model.depth", "optimizer", "optimizer.lr", "seed")
-CHART_METRICS = ("test_acc", "val_acc", "train_loss", "grad_norm/global")  # chart panels, in order
 
 
 def ui_port() -> int:
@@ -66,33 +62,25 @@ def _column(kind: str, key: str) -> str:
     return f"{kind}.`{key}`"
 
 
-def view_state(params: Iterable[str] = VIEW_PARAMS, metrics: Iterable[str] = VIEW_METRICS,
-               charts: Iterable[str] = CHART_METRICS) -> dict[str, Any]:
-    """The runs page's state in the MLflow UI's own shape: the table's columns (metrics, then
-    params), best ``test_acc`` first, and one line-chart panel per metric of ``charts``."""
-    cards = [{"type": "LINE", "uuid": f"nnlab-{i}", "metricKey": key, "selectedMetricKeys": [key],
-              "scaleType": "linear", "xAxisKey": "step", "xAxisScaleType": "linear", "lineSmoothness": 0,
-              "selectedXAxisMetricKey": "", "range": {"xMin": None, "xMax": None, "yMin": None, "yMax": None},
-              "isGenerated": False, "deleted": False, "displayPoints": None, "metricSectionId": "nnlab-section"}
-             for i, key in enumerate(charts)]
+def view_state(params: Iterable[str] = VIEW_PARAMS, metrics: Iterable[str] = VIEW_METRICS) -> dict[str, Any]:
+    """The runs page's state in the MLflow UI's own shape: the table's columns (metrics, then params),
+    best ``test_acc`` first. (Chart panels cannot be chosen this way: MLflow 3.17 regenerates its
+    chart sections, one per metric prefix, over any ``compareRunCharts`` a shared view carries.)"""
     return {"orderByKey": _column("metrics", "test_acc"), "orderByAsc": False,
-            "selectedColumns": [*(_column("metrics", m) for m in metrics), *(_column("params", p) for p in params)],
-            "compareRunCharts": cards,
-            "compareRunSections": [{"uuid": "nnlab-section", "name": "nnlab", "display": True, "isReordered": False,
-                                    "deleted": False, "isGenerated": False}],
-            "isAccordionReordered": False, "runsHiddenMode": "FIRST_10_RUNS"}
+            "selectedColumns": [*(_column("metrics", m) for m in metrics), *(_column("params", p) for p in params)]}
 
 
-def view_tag(state: dict[str, Any] | None = None, now: float | None = None) -> tuple[str, str]:
-    """(experiment tag key, value) of nnlab's saved view: MLflow's envelope ``{name, createdAt, state}``."""
-    stamp = int((time.time() if now is None else now) * 1000)
-    value = json.dumps({"name": VIEW_NAME, "createdAt": stamp, "updatedAt": stamp,
-                        "state": json.dumps(view_state() if state is None else state)})
-    return SHARED_VIEW_PREFIX + VIEW_KEY, value
+def view_tag(state: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(experiment tag key, value) of nnlab's shared view: the state as plain JSON, the form the UI
+    applies in full when a link carries ``viewStateShareKey`` (MLflow 3.17's named "saved view"
+    envelope ``{name, createdAt, state}`` is listed in the Views menu but opened from a link it
+    applied the sort order only, not the columns)."""
+    return SHARED_VIEW_PREFIX + VIEW_KEY, json.dumps(view_state() if state is None else state)
 
 
 def view_query() -> str:
-    """The runs page's URL parameter that opens nnlab's saved view."""
+    """The runs page's URL parameter that opens nnlab's saved view. The link must carry no sort or
+    filter parameter (``orderByKey``, ``searchFilter``, ...): with one, the UI ignores the view."""
     return f"viewStateShareKey={quote(VIEW_KEY)}"
 
 

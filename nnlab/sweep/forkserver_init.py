@@ -9,11 +9,9 @@ default handler, so one between two jobs printed loky's. Ignored from here on, i
 SIGINT and SIGTERM itself (``nnlab.record.signals.raising``), closing the run KILLED. The sweep's
 launching process, which receives the same SIGINT, stops the workers.
 
-The server starts with SIGINT blocked (``nnlab.sweep.workers.start_forkserver``), so that one
-during its interpreter's start-up (site, the first imports: seconds on a busy machine) is held
-back; here it is ignored, then unblocked, which discards one that came meanwhile.
+The server is spawned with SIGINT ignored already (``nnlab.sweep.workers.start_forkserver``), which
+covers its interpreter's start-up; this keeps it so if it was started some other way.
 """
 import signal
 
 signal.signal(signal.SIGINT, signal.SIG_IGN)
-signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

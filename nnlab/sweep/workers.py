@@ -82,23 +82,24 @@ def use_forkserver() -> bool:
 
 
 def start_forkserver() -> None:
-    """Start the forkserver now, from the main thread, with SIGINT blocked while it is spawned.
+    """Start the forkserver now, from the main thread, with SIGINT ignored while it is spawned.
 
-    The blocked signal mask is inherited through fork and exec, so the new server's interpreter
-    start-up cannot be cut by Ctrl-C (a traceback from ``multiprocessing/forkserver.py``);
-    ``nnlab.sweep.forkserver_init``, its first preloaded module, then ignores SIGINT and unblocks it.
-    Here the mask is restored at once: a SIGINT that came meanwhile is delivered to this process.
-    Elsewhere than the main thread, or without ``pthread_sigmask``, the server starts on first use."""
+    An ignored signal stays ignored through fork and exec, so the new server's interpreter start-up
+    (site, its first imports: seconds on a busy machine) cannot be cut by Ctrl-C (a traceback from
+    ``multiprocessing/forkserver.py``); ``nnlab.sweep.forkserver_init``, its first preloaded module,
+    keeps it ignored. Elsewhere than the main thread the server starts on first use."""
     import multiprocessing.forkserver
     import signal
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+    if threading.current_thread() is not threading.main_thread():
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    # SIG_IGN survives fork and exec (a blocked mask does not: the child's is reset); a SIGINT that
+    # lands in this window of a few milliseconds is discarded, here as in the server
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         multiprocessing.forkserver.ensure_running()
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        signal.signal(signal.SIGINT, handler)
 
 
 def _worker_pid() -> int:
