@@ -46,4 +46,4 @@ def test_experiment_carries_the_saved_view_the_link_opens(tmp_path):
 
 def test_report_description_links_the_artifact():
     text = ui.report_description("3", "abc")
-    assert "](#/experiments/3/runs/abc/artifacts/report/index.html)" in text
+    assert "](#/experiments/3/runs/abc/artifacts/report/index.html?workflowType=machine_learning)" in text

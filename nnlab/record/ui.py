@@ -88,7 +88,7 @@ def view_query() -> str:
 def artifact_path(experiment_id: str, run_id: str, path: str) -> str:
     """The UI's address (after the server) of one artifact of a run: the run page's Artifacts tab
     opened on ``path`` (MLflow 3.x: ``#/experiments/E/runs/R/artifacts/PATH``)."""
-    return f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{quote(path)}"
+    return f"#/experiments/{experiment_id}/runs/{run_id}/artifacts/{quote(path)}?workflowType=machine_learning"
 
 
 def report_description(experiment_id: str, run_id: str, report: str = "report/index.html") -> str:
