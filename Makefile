@@ -7,6 +7,10 @@ STAMP  := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.docs-installed
 # what CI builds with: a warning, a broken link or cross-reference, a page outside the toctree fails
 SPHINXOPTS ?= -W --keep-going -n -q
+# the MLflow UI's port: `make ui PORT=5001`; `make demo PORT=5001` prints links to that port.
+# MLFLOW_PORT is MLflow's own variable (mlflow ui reads it), and the one nnlab's printed link reads
+PORT   ?= $(or $(MLFLOW_PORT),5000)
+export MLFLOW_PORT := $(PORT)
 
 .PHONY: install demo test test-fast ui bench report docs clean
 
@@ -29,7 +33,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow"
 
 ui: $(STAMP)
-	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py

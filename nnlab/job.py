@@ -86,7 +86,8 @@ def init_diagnostics(spec: RunSpec, model, data) -> dict[str, float]:
 
     m = spec.model
     x_probe = np.asarray(data.x_train[: spec.train.probe_size], dtype=model.dtype)
-    if m["init"] not in INITIALIZERS:  # fixup, lsuv: scales set by the depth or the data, no mean-field sigma_w
+    # fixup, lsuv: scales set by the depth or the data; ntk, mup: per-layer scales the theory does not take yet
+    if m["init"] not in INITIALIZERS or m["parametrization"] != "sp":
         return preactivation_std(model, x_probe)  # no prediction for this network: theory/* absent
     prediction = theory.predict_network(model.sizes, m["activation"], m["init"], x_probe,
                                         activation_params=m["activation_params"], init_params=m["init_params"],
@@ -166,6 +167,7 @@ class Job:
     model: Any
     optimizer: Any
     tracker: Any
+    name: str  # the spec's name, or with a fingerprint suffix when another configuration has it in the experiment
     init_record: tuple[dict, dict] = ({}, {})  # what a data-dependent initialiser reports (params, step-0 metrics)
     spooled: Path | None = None  # where the run went when the store could not take it
     experiment_id: str | None = None  # once run
@@ -190,7 +192,7 @@ class Job:
         spec, ctx, model, data = self.spec, self.context, self.model, self.data
         # a worker spawned before the parent run existed finds it by the sweep_id tag; a job of a sweep
         # (whose store answered at its start) goes on if the store fails now, and spools its run
-        with self.tracker.open_run(spec.store.experiment, spec.name, self.tags(), ctx.parent_id,
+        with self.tracker.open_run(spec.store.experiment, self.name, self.tags(), ctx.parent_id,
                                    spec.store.flush_seconds, spool_if_unreachable=ctx.multirun) as run:
             run.log_params({**spec.params, **self.init_record[0]})
             limit = self.blas_limit
@@ -199,7 +201,7 @@ class Job:
             run.flush()  # params and tags reach the store now: a run killed in its first second is still found
             run.log_metrics({**self.init_record[1], **model.scale_record(spec.optimizer["name"]),
                              **init_diagnostics(spec, model, data)}, step=0)
-            bar = progress(spec.name, spec.train.epochs, sys.stderr.isatty() and not ctx.parallel)
+            bar = progress(self.name, spec.train.epochs, sys.stderr.isatty() and not ctx.parallel)
             with bar as show, blas_threads(limit):
                 def record(epoch: int, metrics: dict[str, float]) -> None:
                     run.log_metrics(metrics, step=epoch)
@@ -233,6 +235,7 @@ class Job:
 def prepare(spec: RunSpec, context: JobContext | None = None) -> Job:
     """Everything the run needs, built before it exists: data, network, optimiser, the store.
     Raises (a bad dataset, a network the core refuses, an unusable store) with no run created."""
+    from nnlab.record.run_names import distinct_run_name
     from nnlab.record.store import Tracker
 
     context = context or JobContext()
@@ -240,4 +243,5 @@ def prepare(spec: RunSpec, context: JobContext | None = None) -> Job:
     model, optimizer = build(spec, data)
     init_record = data_init(spec, model, data)
     tracker = Tracker.from_settings(spec.store, base=context.cwd)
-    return Job(spec, context, data, model, optimizer, tracker, init_record)
+    name = distinct_run_name(tracker, spec.store.experiment, spec.name, spec.fingerprint)
+    return Job(spec, context, data, model, optimizer, tracker, name, init_record)

@@ -21,6 +21,8 @@ from omegaconf import DictConfig
 
 from nnlab import spec as C
 from nnlab._cli import exit_without_final_collection, freeze_startup_heap
+from nnlab.extras import hint_for_hydra_error, refuse_missing_launcher
+from nnlab.spec import hydra_refusal
 from nnlab.record import signals
 from nnlab.record.store import RunSpooled, StoreUnavailable
 from nnlab.spec import RunSpec
@@ -70,9 +72,9 @@ def train(cfg: DictConfig, stage: Stage | None = None) -> dict[str, float]:
     prepared = job.prepare(spec, ctx)
     stage.name = "run"
     final = prepared.run()
-    print(summary_line(sweep_job, spec.name, final), flush=True)
+    print(summary_line(sweep_job, prepared.name, final), flush=True)
     if prepared.spooled is not None and not prepared.tracker.offline:
-        raise RunSpooled(spec.name, prepared.spooled, prepared.tracker.spool_dir, prepared.tracker.uri)
+        raise RunSpooled(prepared.name, prepared.spooled, prepared.tracker.spool_dir, prepared.tracker.uri)
     if not ctx.multirun:
         print(prepared.tracker.where(prepared.experiment_id), file=sys.stderr, flush=True)
     return final
@@ -126,8 +128,10 @@ def main(cfg: DictConfig) -> float | None:
 def _hydra_error_line(err: BaseException) -> str:
     """Hydra's own refusals (an unknown override, a missing option, a malformed YAML) in one line."""
     text = " ".join(str(err).split()).split(" Config search path:")[0]  # Hydra's search path: noise here
+    text = hint_for_hydra_error(text)  # a launcher plugin that is absent: name its extra
     if err.__cause__ is not None and str(err.__cause__).strip():
         text += f" ({' '.join(str(err.__cause__).split())})"
+    text = hydra_refusal(text) or text  # a typo or a wrong type: nnlab's words, with "did you mean"
     return f"nnlab: {text[:400] or type(err).__name__} -- no run was created"
 
 
@@ -139,6 +143,7 @@ def cli() -> None:
     SIGTERM (143) stopped it.
     """
     exit_without_final_collection()
+    refuse_missing_launcher(sys.argv[1:])  # an extra that is not installed: one line, exit 2, nothing created
     signals.raise_on_sigterm()  # SIGTERM at any moment unwinds like Ctrl-C: exit 143, never a bare -15
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises instead of printing a long traceback: one line here

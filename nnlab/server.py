@@ -339,7 +339,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     store.add_argument("--pgdata", type=Path, help="run a private PostgreSQL in this folder (initdb on first use)")
     p.add_argument("--artifacts-destination", type=Path, required=True, help="folder the server stores artifacts in")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="TCP port to listen on (default 5000; jobs then record "
+                   "to http://HOST:PORT)")
     p.add_argument("--allowed-hosts", help="Host headers accepted, comma-separated (replaces MLflow's default "
                    "of loopback + private ranges): the names jobs use, e.g. tracking-host,tracking-host:5000")
     p.add_argument("--workers", type=int, default=4, help="server worker processes (default 4)")

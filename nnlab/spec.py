@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import functools
 import hashlib
 import json
 import math
+import re
 import types
 import typing
 import uuid
@@ -300,8 +302,6 @@ _ARCHITECTURE_KEYS = ("residual", "branch_scale", "branch_gate", "norm")
 
 def _check_architecture(tree: Mapping[str, Any]) -> None:
     """The depth options (``model.residual`` ...) as the core checks them, refused with the key's name."""
-    import re
-
     from nnlab.core.network import _architecture, hidden_sizes
 
     model, init = tree["model"], tree["init"]["name"]
@@ -491,7 +491,8 @@ def check_added_keys(overrides: Iterable[str]) -> None:
         if key.startswith(_ADDABLE) or key in _SCHEMA_LEAVES():
             continue
         raise ConfigError(override.input_line.split("=", 1)[0], override.value(),
-                          "nnlab does not use this key; see `python -m nnlab.run --help` for the keys it reads")
+                          f"nnlab does not use this key{suggestion(key, _SCHEMA_LEAVES())} "
+                          "(`python -m nnlab.run --help` lists the keys it reads)")
 
 
 @functools.cache
@@ -558,7 +559,7 @@ def _apply_leaf(cfg: DictConfig, override: Any) -> None:
     try:
         OmegaConf.update(cfg, key, value, merge=True, force_add=override.is_add() or override.is_force_add())
     except Exception as err:  # omegaconf's ValidationError / ConfigKeyError: a wrong type or an unknown key
-        raise ConfigError(key, value, str(err).splitlines()[0]) from None
+        raise ConfigError(key, value, omegaconf_requirement(err)) from None
 
 
 def varying_keys(jobs: list[list[str]]) -> list[str]:
@@ -605,3 +606,78 @@ def sweep_jobs(config: DictConfig) -> tuple[list[list[str]], list[RunSpec]] | No
         if len(values) > 1:
             raise ConfigError(key, ",".join(sorted(values)), "cannot vary within one sweep")
     return jobs, configs
+
+
+# --- Hydra's and OmegaConf's refusals, in nnlab's words -------------------------------------------
+# One line naming the key, the value, what is expected, and the nearest valid key or option ("did you
+# mean ..."). Pure text work on the errors' messages (their wording is Hydra 1.3's and OmegaConf 2.3's;
+# a message not recognised here is left as it is); the valid keys are the schema's.
+_UNKNOWN_KEY = re.compile(r"Could not override '([^']+)'\. To append to your config use \+")
+_MISSING_OPTION = re.compile(r"Could not find '([^'/]+(?:/[^'/]+)*)/([^'/]+)'.*?Available options in '([^']+)':\s*(.*)")
+_BAD_TYPE = re.compile(r"Error merging override ([^=\s]+)=(\S*).*?Value '([^']*)' of type '(\w+)' "
+                       r"could not be converted to (\w+)")
+_TYPE_WORDS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
+    """The choice closest to ``word`` (difflib's ratio >= 0.6), or None."""
+    found = difflib.get_close_matches(word, sorted(set(choices)), n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def suggestion(word: str, choices: Iterable[str]) -> str:
+    """``"; did you mean model.depth?"`` or ``""``."""
+    found = did_you_mean(word, choices)
+    return f"; did you mean {found}?" if found else ""
+
+
+def schema_keys() -> frozenset[str]:
+    """Every dotted key nnlab's config has (the top-level schema and every group option's)."""
+    return _SCHEMA_LEAVES()
+
+
+def unknown_key_line(key: str) -> str:
+    """``unknown config key model.dept; did you mean model.depth? (...)``."""
+    return (f"unknown config key {key}{suggestion(key, schema_keys())} "
+            "(`python -m nnlab.run --help` lists the keys)")
+
+
+def type_requirement(expected: str, value: str, got: str) -> str:
+    """``must be an integer, got 1.5`` from OmegaConf's conversion error's parts (``got``: its type)."""
+    return f"must be {_TYPE_WORDS.get(expected, expected.lower())}, got {value or repr(value)}"
+
+
+def omegaconf_requirement(err: BaseException) -> str:
+    """What an OmegaConf ValidationError/ConfigKeyError says is wrong, in a few words."""
+    text = " ".join(str(err).split())
+    found = re.search(r"Value '([^']*)' of type '(\w+)' could not be converted to (\w+)", text)
+    if found:
+        return type_requirement(found[3], found[1], found[2])
+    key = re.search(r"Key '([^']+)' not in '\w+'.*?full_key: (\S+)", text)
+    if key:
+        return f"nnlab has no such key{suggestion(key[2], schema_keys())}"
+    return re.split(r" full_key: | object_type=| reference_type=", text)[0]
+
+
+def hydra_refusal(text: str) -> str | None:
+    """A Hydra refusal (its message and its cause's, flattened to one line) in nnlab's words, or None.
+
+    * ``Could not override 'model.dept'. To append ... use +model.dept=3`` -> unknown key, did you mean;
+    * ``Could not find 'activation/rleu' ... Available options in 'activation': ...`` -> not an
+      option, did you mean, the options;
+    * ``Error merging override model.depth=1.5 (Value '1.5' of type 'float' could not be converted
+      to Integer ...)`` -> the key, the value, the type expected.
+    """
+    found = _UNKNOWN_KEY.search(text)
+    if found:
+        return unknown_key_line(found[1])
+    found = _MISSING_OPTION.search(text)
+    if found:
+        group, option, options = found[1], found[2], found[4].split()
+        return (f"{group}={option} is not an option{suggestion(option, options)} "
+                f"(choices: {', '.join(options)})")
+    found = _BAD_TYPE.search(text)
+    if found:
+        key, value, expected = found[1], found[3], found[5]
+        return f"invalid config: {key}={value} ({type_requirement(expected, value, found[4])})"
+    return None

@@ -50,3 +50,10 @@ def test_help_explains_every_plain_key_on_one_line(help_text):
     for key in keys:
         (line,) = [ln for ln in help_text.splitlines() if ln.strip().startswith(key + " ")]
         assert len(line.split(None, 1)) == 2, key  # the key, then what it does
+
+
+def test_server_help_explains_every_option():
+    out = subprocess.run([sys.executable, "-m", "nnlab.server", "--help"], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[1], check=True).stdout
+    port = out.split("  --port PORT", 1)[1].split("  --", 1)[0]
+    assert "default 5000" in port

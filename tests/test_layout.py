@@ -14,12 +14,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # lower layers never import higher ones; within a layer, only inside the same package
 LAYERS: list[tuple[str, ...]] = [
-    ("nnlab.core", "nnlab.record.names", "nnlab.record.signals", "nnlab._cli"),
+    ("nnlab.core", "nnlab.record.names", "nnlab.record.signals", "nnlab._cli", "nnlab.extras"),
     ("nnlab.data", "nnlab.theory", "nnlab.record"),
     ("nnlab.spec",),
     ("nnlab.job", "nnlab.analysis"),
     ("nnlab.sweep",),
-    ("nnlab.run", "nnlab.runs", "nnlab.sync", "nnlab.server", "nnlab.report"),
+    ("nnlab.run", "nnlab.runs", "nnlab.sync", "nnlab.server", "nnlab.report", "nnlab.notebook"),
     ("hydra_plugins",),
 ]
 

@@ -26,12 +26,12 @@ def test_uri_precedence_explicit_then_env_then_default(monkeypatch, tmp_path):
 
 def test_ui_hint_gives_the_command_and_the_runs_link(monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_PORT", raising=False)
     hint = T.ui_hint(T.resolve_uri("sqlite:///mlflow.db"), "7")
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in hint
     assert "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning" in hint
     assert T.ui_hint("http://host:5000/", "3") == \
-        ("MLflow runs: http://host:5000/#/experiments/3/runs?workflowType=machine_learning"
-         "&orderByKey=metrics.%60test_acc%60&orderByAsc=false")
+        "MLflow runs: http://host:5000/#/experiments/3/runs?workflowType=machine_learning&viewStateShareKey=nnlab-runs"
     assert T.ui_path("3", "abc") == "#/experiments/3/runs/abc?workflowType=machine_learning"
 
 

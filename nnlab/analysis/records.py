@@ -238,6 +238,17 @@ class DuplicateRunsWarning(UserWarning):
     """The experiment holds the same configuration more than once; only the latest run is kept."""
 
 
+def _format_nnlab_warning(message, category, filename, lineno, line=None, _previous=warnings.formatwarning):
+    # nnlab's own warnings read as one line in nnlab's words, not Python's `file:line: Category:` and
+    # the source line (a notebook, a script and `python -m nnlab.report` show the same); others unchanged
+    if isinstance(category, type) and issubclass(category, DuplicateRunsWarning):
+        return f"nnlab: {message}\n"
+    return _previous(message, category, filename, lineno, line)
+
+
+warnings.formatwarning = _format_nnlab_warning
+
+
 def latest_per_config(runs: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration (``fingerprint``): its latest FINISHED run, else its latest run.
 

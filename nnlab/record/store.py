@@ -38,6 +38,7 @@ from typing import Any, Iterator, Mapping
 from nnlab.record.names import (EXPERIMENT_KIND, FAILURE_EPOCH_TAG, FAILURE_MESSAGE_TAG, FAILURE_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG,
                                 HOST_TAG, PARENT_TAG, PID_TAG, ROLE_TAG, RUN_UID_TAG, SWEEP_TAG)
 from nnlab.record.signals import deliver, held, signal_of
+from nnlab.record.ui import missing_view
 
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -88,7 +89,9 @@ def ui_path(experiment_id: str, run_id: str | None = None) -> str:
     run, both in the model-training navigation: ``#/experiments/1/runs?workflowType=machine_learning&...``."""
     if run_id is not None:
         return f"#/experiments/{experiment_id}/runs/{run_id}?{UI_WORKFLOW}"
-    return f"#/experiments/{experiment_id}/runs?{UI_WORKFLOW}&{UI_BEST_FIRST}"
+    from nnlab.record.ui import view_query
+
+    return f"#/experiments/{experiment_id}/runs?{UI_WORKFLOW}&{view_query()}"  # the view sorts best first
 
 
 def ui_hint(uri: str, experiment_id: str) -> str:
@@ -103,8 +106,10 @@ def ui_hint(uri: str, experiment_id: str) -> str:
             shown = f"sqlite:///{path.relative_to(Path.cwd())}"
         except ValueError:
             pass
-    return (f"Open the MLflow UI:  mlflow ui --backend-store-uri {shown}\n"
-            f"            then:  http://127.0.0.1:5000/{runs}")
+    from nnlab.record.ui import ui_base, ui_command
+
+    return (f"Open the MLflow UI:  {ui_command(shown)}\n"
+            f"            then:  {ui_base()}/{runs}")
 
 
 @functools.lru_cache(maxsize=4)
@@ -608,7 +613,9 @@ def _schema_lock(uri: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    with open(path.parent / f".{path.name}.lock", "a") as lock:
+    from nnlab.record.ui import lock_path
+
+    with open(lock_path(path), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -735,7 +742,7 @@ class Tracker:
         if experiment is None:
             try:
                 return self.client.create_experiment(name, artifact_location=self._artifact_location(name),
-                                                         tags=dict([EXPERIMENT_KIND]))
+                                                     tags={**dict([EXPERIMENT_KIND]), **missing_view({})})
             except MlflowException as err:  # another process created it in between
                 experiment = self.client.get_experiment_by_name(name)
                 if experiment is None:
@@ -746,6 +753,8 @@ class Tracker:
                              "or choose another tracking.experiment")
         if experiment.tags.get(EXPERIMENT_KIND[0]) != EXPERIMENT_KIND[1]:
             self.client.set_experiment_tag(experiment.experiment_id, *EXPERIMENT_KIND)
+        for key, value in missing_view(experiment.tags).items():  # the UI's saved view (nnlab.record.ui)
+            self.client.set_experiment_tag(experiment.experiment_id, key, value)
         return experiment.experiment_id
 
     def _base_tags(self, tags: Mapping[str, Any] | None, uid: str) -> dict[str, str]:

@@ -23,29 +23,33 @@ import contextlib
 import hashlib
 import os
 import shlex
+import signal
 import socket
 import sys
 import time
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nnlab.record import signals
 from nnlab.spec import RunSpec, run_name
 from nnlab.sweep.jobs import ENV as _ENV, ENV_PARENT, ENV_STOP_FILE, ENV_SWEEP_ID, ENV_SWEEP_KEYS, ENV_SWEEP_SIZE
 from nnlab.sweep.view import parent_run_name
 from nnlab.record.names import (FAILURE_EPOCH_TAG, FAILURE_MESSAGE_TAG, FAILURE_TAG, FINGERPRINT_TAG, HOST_TAG,
-                                JOBS_FAILED_TAG, JOBS_FINISHED_TAG, JOBS_NOT_RUN_TAG, JOBS_TAG, OVERRIDES_TAG, PID_TAG,
+                                JOBS_FAILED_TAG, JOBS_FINISHED_TAG, JOBS_NOT_RUN_TAG, JOBS_TAG, NOTE_TAG, OVERRIDES_TAG, PID_TAG,
                                 POOL_RESTARTS_TAG, ROLE_TAG, SWEEP_AXES_TAG, SWEEP_DIR_TAG, SWEEP_KEY_TAG, SWEEP_ROLE,
                                 SWEEP_TAG, WORKER_EXIT_TAG, WORKER_PID_TAG)
 from nnlab.record.store import (RunLogger, StoreUnavailable, Tracker, redact,
                             resolve_uri)
 
-WORKER_GRACE_SECONDS = 10.0  # after a signal, how long workers get to close their runs
+# after a signal, how long workers get to close their runs before they are killed and the sweep
+# closes what they left RUNNING (KILLED, the signal as reason): the command is gone within 2 s
+WORKER_GRACE_SECONDS = 0.5
 
 # override lists of the jobs the sweeper must not launch (finished in an earlier attempt); read by
 # hydra_plugins.nnlab_sweeper in this same process
@@ -126,9 +130,11 @@ class SweepCallback(Callback):
         # cleanly: cut in half, the set-up would leave the parent run RUNNING or workers behind.
         global _ACTIVE
         signals.received.clear()  # what an earlier sweep in this process saw is not this one's
+        # the checks create nothing: a signal during them stops the command at once (no run exists)
+        checked = self._check(config)
         with signals.held() as pending:
             try:
-                started = self._start(config)
+                started = checked and self._start(config)
             except (SystemExit, KeyboardInterrupt):
                 raise
             except Exception as err:
@@ -153,20 +159,35 @@ class SweepCallback(Callback):
         sys.stderr.write(f"nnlab: {message}\n")
         sys.exit(1)
 
-    def _start(self, config: DictConfig) -> bool:
-        """Check the jobs and the data, open the store and the parent run; False if Hydra's sweeper
-        is left to report a bad override."""
+    def _check(self, config: DictConfig) -> bool:
+        """The launcher's extra, every job's config and the data, before anything exists (a refusal
+        exits 2 with one line); False if Hydra's sweeper is left to report a bad override."""
         from hydra.errors import HydraException
 
+        from nnlab.sweep.workers import uses_joblib
+
+        _check_launcher(config)  # its extra installed (nnlab.extras)
         try:
             self.plan, base = _checked_plan(config)
         except HydraException:
             return False  # e.g. activation=relu,foo: Hydra's sweeper reports it (with the options) before any job
-        from nnlab.sweep.workers import prestart, uses_joblib
-
+        except Exception as err:
+            self._failed_start(err)
         self._joblib = uses_joblib(config)
         self.store = base.store  # one store and experiment per sweep (spec.sweep_jobs refuses more)
-        _check_data(self.plan.specs if self.plan is not None else [base], load=not self._joblib)
+        self._report = self.store.sweep_report
+        try:
+            _check_data(self.plan.specs if self.plan is not None else [base], load=not self._joblib)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as err:
+            self._failed_start(err)
+        return True
+
+    def _start(self, config: DictConfig) -> bool:
+        """Open the store and the parent run (the jobs and the data are checked by ``_check``)."""
+        from nnlab.sweep.workers import prestart
+
         self._open_experiment()
         sweep_id, parent_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}", None
         if self.plan is not None:
@@ -190,6 +211,9 @@ class SweepCallback(Callback):
         else:
             name = parent_run_name(self.store.experiment, axes, time.time(), sweep_id)
             self.parent = self.tracker.start_run(self.experiment_id, name, tags)
+        with contextlib.suppress(Exception):  # the UI's view of the sweep; never a reason to stop it
+            self.parent.log_params(sweep_params(self.plan, axes))
+            self.parent.set_tags(parent_description(self.experiment_id, self.parent.run_id, self._report))
         self.parent.flush()
         os.environ[ENV_PARENT] = self.parent.run_id  # in-process jobs; prestarted workers look it up
         return True
@@ -232,9 +256,9 @@ class SweepCallback(Callback):
             cleaned = f"; {stale} stale RUNNING run(s) marked KILLED" if stale else ""
             print(f"nnlab: resume: {len(finished)} skipped (FINISHED before), {len(plan.jobs) - len(finished)} "
                   f"to run{joined}{cleaned}", file=sys.stderr, flush=True)
-        elif finished:
+        elif finished and len(finished) < len(plan.jobs):  # all FINISHED before: resume=true would run nothing
             rest = len(plan.jobs) - len(finished)
-            hint = f"to run only the other {rest}, add resume=true" if rest else "resume=true would run none of them"
+            hint = f"to run only the other {rest}, add resume=true"
             print(f"nnlab: {len(finished)} of {len(plan.jobs)} jobs of this sweep already have a FINISHED run in "
                   f"experiment {config.tracking.experiment!r}; running all {len(plan.jobs)} again ({hint})",
                   file=sys.stderr, flush=True)
@@ -356,6 +380,7 @@ class SweepCallback(Callback):
                 why = signals.Interrupted(reason).name if reason else "interrupted"
                 self.tracker.mark_ended(run.info.run_id, "KILLED" if reason else "FAILED", why)
                 run.info._status = "KILLED" if reason else "FAILED"
+                run.data.tags[FAILURE_TAG] = why  # the summary counts it as the store now has it
         summary = summarize(children, self.plan.fingerprints if self.plan else None, aborted is not None,
                             self.done_before)
         self.parent.set_tags({JOBS_FINISHED_TAG: summary.finished, JOBS_FAILED_TAG: summary.failed,
@@ -364,7 +389,7 @@ class SweepCallback(Callback):
         self._log_summary(summary)
         if self.sweep_dir is not None:
             self.parent.log_artifact(self.sweep_dir / "multirun.yaml")
-            if self.store.sweep_report and aborted is None and summary.finished_runs and not self.tracker.offline:
+            if self._report and aborted is None and summary.finished_runs and not self.tracker.offline:
                 self._attach_report()
         error = aborted if aborted is not None else (
             JobsFailed(f"{summary.failed} of {summary.total} jobs failed") if summary.failed else None)
@@ -373,7 +398,7 @@ class SweepCallback(Callback):
               file=sys.stderr)
         for event in self.worker_events:
             print(f"  {event}", file=sys.stderr)
-        if aborted is not None and self.plan is not None and summary.not_run + summary.failed:
+        if aborted is not None and self.plan is not None and summary.total > summary.finished:  # resume runs some
             print(f"  resume with:  {resume_command()}", file=sys.stderr)
         print(self.tracker.where(self.experiment_id), file=sys.stderr, flush=True)
         if self._stop_file is not None:
@@ -398,16 +423,43 @@ class SweepCallback(Callback):
         a report that cannot be drawn is one line, never a reason for the sweep to fail
         (``tracking.sweep_report=false`` skips it)."""
         try:
+            from nnlab.analysis.records import DuplicateRunsWarning
             from nnlab.analysis.report import write_sweep_report
 
             out = self.sweep_dir / "report"
-            write_sweep_report(self.tracker.client, self.experiment_id, self.parent.run_id, out)
+            with signals.raising(), warnings.catch_warnings():  # drawing writes nothing: a signal skips it
+                # runs of earlier sweeps repeating this one's configurations: noise in this sweep's report
+                warnings.simplefilter("ignore", DuplicateRunsWarning)
+                write_sweep_report(self.tracker.client, self.experiment_id, self.parent.run_id, out)
             self.parent.log_artifact(out, "report")
+        except KeyboardInterrupt as err:  # the sweep's own closing holds signals: hand this one back to it
+            print(f"nnlab: no report attached to the sweep: stopped by "
+                  f"{signals.Interrupted(signals.signal_of(err)).name}", file=sys.stderr, flush=True)
+            signal.raise_signal(signals.signal_of(err))
         except Exception as err:
             print(f"nnlab: no report attached to the sweep: {_first_line(err)}", file=sys.stderr)
 
     def _children(self) -> list:
         return self.tracker.children(self.experiment_id, self.parent.run_id)
+
+
+def sweep_params(plan: "Plan | None", axes: list[str]) -> dict[str, str]:
+    """The parent run's params: ``sweep.axes`` and every resolved config value (and group choice)
+    that all the jobs share -- the sweep's fixed configuration, under the record's names."""
+    params = {"sweep.axes": " ".join(axes) or "(none)"}
+    if plan is None or not plan.specs:
+        return params
+    flat = [spec.params for spec in plan.specs]
+    first = flat[0]
+    params.update({k: v for k, v in first.items() if k not in axes and all(f.get(k) == v for f in flat[1:])})
+    return params
+
+
+def parent_description(experiment_id: str, run_id: str, report: bool) -> dict[str, str]:
+    """The parent's description in the UI (``mlflow.note.content``, Markdown): a link to its report."""
+    from nnlab.record.ui import report_description
+
+    return {NOTE_TAG: report_description(experiment_id, run_id)} if report else {}
 
 
 def abort_active(error: BaseException | None) -> bool:
@@ -560,6 +612,16 @@ def summarize(children: list, fingerprints: list[str] | None, aborted: bool = Fa
 
 
 # --- checks before any run exists ----------------------------------------------------------------
+def _check_launcher(config: DictConfig) -> None:
+    """The launcher's optional extra is installed (else one line naming its install command, exit 2)."""
+    from nnlab.extras import MissingExtra, check_launcher
+
+    try:
+        check_launcher(str(OmegaConf.select(config, "hydra.launcher._target_", default="")))
+    except MissingExtra as err:
+        _refuse(str(err))
+
+
 def _checked_plan(config: DictConfig) -> tuple[Plan | None, RunSpec]:
     """Every job of the grid as a run spec (exits 2 with one line on a refused config), and the spec
     the sweep's store and experiment come from; no plan for sweepers other than the grid (each of

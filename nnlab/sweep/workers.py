@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 # what every job needs, imported once in the forkserver instead of once per worker
 PRELOAD = [
+    "nnlab.sweep.forkserver_init",  # first: the server and its workers ignore SIGINT outside a job
     "numpy",
     "mlflow",
     "mlflow.store.tracking.sqlalchemy_store",  # the sqlite store; MLflow imports it on first use
@@ -80,6 +81,27 @@ def use_forkserver() -> bool:
     return True
 
 
+def start_forkserver() -> None:
+    """Start the forkserver now, from the main thread, with SIGINT ignored while it is spawned.
+
+    An ignored signal stays ignored through fork and exec, so the new server's interpreter start-up
+    (site, its first imports: seconds on a busy machine) cannot be cut by Ctrl-C (a traceback from
+    ``multiprocessing/forkserver.py``); ``nnlab.sweep.forkserver_init``, its first preloaded module,
+    keeps it ignored. Elsewhere than the main thread the server starts on first use."""
+    import multiprocessing.forkserver
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+    # SIG_IGN survives fork and exec (a blocked mask does not: the child's is reset); a SIGINT that
+    # lands in this window of a few milliseconds is discarded, here as in the server
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+
+
 def _worker_pid() -> int:
     import os
 
@@ -93,7 +115,8 @@ def prestart(config: DictConfig) -> threading.Thread | None:
     kwargs = _joblib_kwargs(config)
     if kwargs is None:
         return None
-    use_forkserver()
+    if use_forkserver():
+        start_forkserver()
 
     def spawn() -> None:
         from joblib import Parallel, cpu_count, delayed
@@ -168,4 +191,4 @@ def signal_workers(signum: int, grace: float, settled: Callable[[], bool]) -> No
             pass
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and not settled():
-        time.sleep(0.2)
+        time.sleep(0.05)
