@@ -50,6 +50,7 @@ def _signal_state_is_per_test():
     signals.received.clear()
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
 def pytest_collection_modifyitems(items):
     """A daemon test is a slow test: ``-m "not slow"`` never starts a daemon."""
     for item in items:
