@@ -38,6 +38,16 @@ import pytest
 from nnlab import signals
 
 
+def pytest_configure(config):
+    """Python's own SIGINT handler, however pytest was started. A shell without job control starts a
+    background command (``make test &``, ``nohup ...``, some CI runners) with SIGINT and SIGQUIT ignored;
+    Python then keeps SIGINT ignored, and so does every process a test starts (an ignored signal stays
+    ignored across exec). Tests that Ctrl-C a sweep or hold SIGINT around a write would fail for a reason
+    that is not nnlab's, and Ctrl-C would not stop the suite."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(autouse=True)
 def _signal_state_is_per_test():
     """A test that runs a command in-process (``cli()`` installs a SIGTERM handler for good) or sends
