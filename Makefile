@@ -26,11 +26,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m nnlab.run -m activation=relu,tanh
 
+# The tiers are described in tests/conftest.py. test-fast: no daemon and no long real process (a few minutes);
+# test: everything, what CI runs. Whole test files are spread over JOBS pytest-xdist workers (--dist loadfile),
+# so a file's module fixtures and the cluster tests' session daemons are built once, in one worker.
+# JOBS=0 runs in one process.
+JOBS ?= 2
+PYTEST := $(PY) -m pytest -n $(JOBS) --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PYTEST)
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 ui: $(STAMP)
 	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --port $(PORT)

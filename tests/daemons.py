@@ -7,6 +7,11 @@
 
 ``missing_binaries`` says which executables a fixture lacks: the tests skip with that reason, or
 fail under ``CI=true`` (CI installs them, see .ci/run).
+
+``SERVER_ENV`` is added to the environment of every ``mlflow server`` the tests start. MLflow 3 starts a
+job runner beside the server by default (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION``: a Huey consumer process per
+GenAI job type, each importing MLflow), which nnlab never uses; on 2 cores those imports compete with the
+server's own start-up and with the test. With it off, the server that answers is the same tracking server.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import pytest
 
 from nnlab.server import free_port, stop
 
+SERVER_ENV = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
 SLURM_BINARIES = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "srun", "squeue", "scancel", "sinfo")
 NODE = "nnlabnode"
 

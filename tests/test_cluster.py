@@ -22,7 +22,7 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
 
-from daemons import SLURM_BINARIES, missing_binaries, skip_or_fail, slurm_node
+from daemons import SERVER_ENV, SLURM_BINARIES, missing_binaries, skip_or_fail, slurm_node
 from nnlab import server as S
 
 pytestmark = pytest.mark.slow
@@ -57,7 +57,7 @@ def tracking_server(postgres, tmp_path_factory):
     """``mlflow server`` on that PostgreSQL with proxied artifacts, as ``python -m nnlab.server`` runs it."""
     folder = tmp_path_factory.mktemp("server")
     config = S.ServerConfig(postgres.uri, folder / "mlartifacts", port=S.free_port(), workers=2)
-    with S.tracking_server(config, postgres.env, log=folder / "server.log", timeout=300) as server:
+    with S.tracking_server(config, {**postgres.env, **SERVER_ENV}, log=folder / "server.log", timeout=300) as server:
         yield server.url, config.artifacts_destination
     assert server.process.poll() is not None  # stopped with the fixture
 
@@ -120,6 +120,7 @@ def count_runs_in_postgres(postgres: S.Postgres, experiment: str) -> int:
 
 
 # --- the tests ----------------------------------------------------------------------------------
+@pytest.mark.daemon
 def test_submitit_local_sweep_records_to_the_postgres_server(tracking_server, postgres, tmp_path):
     url, artifacts = tracking_server
     experiment = f"local-{uuid.uuid4().hex[:6]}"
@@ -138,6 +139,7 @@ def test_submitit_local_sweep_records_to_the_postgres_server(tracking_server, po
     assert len(list(artifacts.rglob("weights.npz"))) == 4
 
 
+@pytest.mark.daemon
 def test_slurm_sweep_through_sbatch_records_to_the_postgres_server(tracking_server, slurm, tmp_path):
     url, _ = tracking_server
     experiment = f"slurm-{uuid.uuid4().hex[:6]}"
@@ -155,6 +157,7 @@ def test_slurm_sweep_through_sbatch_records_to_the_postgres_server(tracking_serv
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.daemon
 def test_ray_local_head_records_to_the_postgres_server(tracking_server, tmp_path):
     if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
         skip_or_fail("hydra-ray-launcher is not installed: pip install 'nnlab[ray]'")
@@ -167,7 +170,8 @@ def test_ray_local_head_records_to_the_postgres_server(tracking_server, tmp_path
     check_one_parent_and_finished_children(url, experiment, 4, result)
 
 
-def test_credentials_come_from_the_environment_and_are_never_recorded(tmp_path):
+@pytest.mark.daemon
+def test_credentials_come_from_the_environment_and_are_never_recorded(tmp_path, fresh_store):
     """A basic-auth server: no credentials -> refused; with them the run is recorded, and the
     password appears in no param, tag or artifact."""
     if importlib.util.find_spec("flask_wtf") is None:  # what mlflow[auth] adds
@@ -176,9 +180,9 @@ def test_credentials_come_from_the_environment_and_are_never_recorded(tmp_path):
     server_env = {"MLFLOW_FLASK_SERVER_SECRET_KEY": uuid.uuid4().hex, "MLFLOW_AUTH_ADMIN_PASSWORD": password}
     os.environ.update(server_env)
     try:
-        config = S.ServerConfig(f"sqlite:///{tmp_path / 'server.db'}", tmp_path / "mlartifacts",
+        config = S.ServerConfig(fresh_store(tmp_path / "server.db"), tmp_path / "mlartifacts",
                                 port=S.free_port(), workers=1, auth=True)
-        with S.tracking_server(config, log=tmp_path / "server.log", timeout=300) as server:
+        with S.tracking_server(config, SERVER_ENV, log=tmp_path / "server.log", timeout=300) as server:
             refused = sweep(tmp_path, "seed=0", *FAST, f"tracking.uri={server.url}", "tracking.experiment=auth")
             assert refused.returncode != 0 and "401" in refused.stderr, refused.stderr[-2000:]
             creds = {"MLFLOW_TRACKING_USERNAME": "admin", "MLFLOW_TRACKING_PASSWORD": password}
@@ -233,6 +237,7 @@ def _wait_until(predicate, what: str, process: subprocess.Popen, timeout: float 
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.daemon
 def test_scancel_a_slurm_job_mid_run_then_resume(tracking_server, slurm, tmp_path):
     """Job 3 of 4 trains long; it is cancelled with scancel while the others are FINISHED. Its run
     is closed (never left RUNNING), and ``resume=true`` re-runs that job alone: one FINISHED run per

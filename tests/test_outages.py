@@ -4,6 +4,7 @@ sweeps creating one new store, bad store URIs. Exit statuses and the record are 
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +16,8 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from mlflow.entities import ViewType
+
+from daemons import SERVER_ENV
 
 FAST = ["trainer.epochs=1", "model.width=8", "trainer.probe_size=64"]
 
@@ -49,17 +52,19 @@ def run(tmp_path, *args, module="nnlab.run", timeout=300):
 class Server:
     """``mlflow server`` on 127.0.0.1 with a sqlite backend; can be stopped and started again."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, template: Path | None = None):
         self.folder, self.port = folder, free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.process = None
         folder.mkdir(exist_ok=True)
+        if template is not None:  # an empty store with MLflow's schema (conftest): no migration at start
+            shutil.copyfile(template, folder / "server.db")
 
     def start(self) -> None:
         mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
         self.process = subprocess.Popen(
             [mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", "sqlite:///server.db"], cwd=self.folder, env=clean_env(),
+             "--backend-store-uri", "sqlite:///server.db"], cwd=self.folder, env={**clean_env(), **SERVER_ENV},
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -83,8 +88,8 @@ class Server:
 
 
 @pytest.fixture
-def server(tmp_path):
-    srv = Server(tmp_path / "server")
+def server(tmp_path, sqlite_template):
+    srv = Server(tmp_path / "server", sqlite_template)
     srv.start()
     yield srv
     srv.stop()
@@ -122,6 +127,7 @@ def metric_points(client, runs):
 
 
 # --- a server that goes away ----------------------------------------------------------------------
+@pytest.mark.daemon
 @pytest.mark.slow
 def test_server_stopped_mid_sweep_and_restarted_loses_nothing(tmp_path, server):
     epochs = 60
@@ -149,6 +155,7 @@ def test_server_stopped_mid_sweep_and_restarted_loses_nothing(tmp_path, server):
     assert not (tmp_path / "nnlab-spool").exists()
 
 
+@pytest.mark.daemon
 @pytest.mark.slow
 def test_server_that_never_returns_spools_then_sync_completes_it_once(tmp_path, server):
     epochs = 60

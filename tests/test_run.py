@@ -15,8 +15,8 @@ FINAL = {"test_loss", "test_acc", "best_val_acc", "epochs_run", "train_seconds"}
 
 
 @pytest.fixture
-def make_cfg(tmp_path):
-    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+def make_cfg(tmp_path, fresh_store):
+    store = fresh_store(tmp_path / "mlflow.db")
 
     def make(*overrides):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -203,17 +203,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.daemon
 @pytest.mark.slow
-def test_sweep_to_a_remote_tracking_server(tmp_path):
+def test_sweep_to_a_remote_tracking_server(tmp_path, fresh_store):
     import signal
     import urllib.request
+
+    from daemons import SERVER_ENV
 
     port = free_port()
     server_dir = tmp_path / "server"
     server_dir.mkdir()
+    fresh_store(server_dir / "server.db")  # MLflow's schema, created once per session (conftest)
     mlflow_cli = os.path.join(os.path.dirname(sys.executable), "mlflow")
-    server = subprocess.Popen([mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port),
+    # one worker: two jobs in sequence need no more, and each worker imports all of MLflow's server
+    server = subprocess.Popen([mlflow_cli, "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
                                "--backend-store-uri", "sqlite:///server.db"], cwd=server_dir,
+                              env={**os.environ, **SERVER_ENV},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     try:

@@ -10,8 +10,8 @@ from nnlab.core import DivergenceError
 
 
 @pytest.fixture
-def store(tmp_path):
-    return f"sqlite:///{tmp_path / 'mlflow.db'}"
+def store(tmp_path, fresh_store):
+    return fresh_store(tmp_path / "mlflow.db")
 
 
 def test_uri_precedence_explicit_then_env_then_default(monkeypatch, tmp_path):
