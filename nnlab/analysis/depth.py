@@ -58,7 +58,7 @@ _LAYER = re.compile(r"^(?P<source>theory/)?(?P<stat>act_std|grad_norm|grad_ratio
 
 # --- the architecture column ----------------------------------------------------------------------------
 def _present(value: object) -> bool:
-    return value is not None and not (np.isscalar(value) and pd.isna(value))
+    return value is not None and not (pd.api.types.is_scalar(value) and pd.isna(value))
 
 
 def architecture_label(residual: object = False, branch_scale: object = None, branch_gate: object = False,
@@ -128,6 +128,8 @@ def is_depth_study(runs: pd.DataFrame) -> bool:
     options or a whole-network init give more than one ``architecture`` label)."""
     if "model.depth" not in runs.columns or runs["model.depth"].nunique() < 2:
         return False
+    if ARCHITECTURE in runs.columns:
+        return runs[ARCHITECTURE].nunique() > 1
     if not any(c in runs.columns for c in ARCH_PARAMS) and not _folded_init(runs):
         return False
     return with_architecture(runs, drop=False)[ARCHITECTURE].nunique() > 1
@@ -259,16 +261,23 @@ def _depth_axis(ax, depths: Sequence[int], label: str = "depth (hidden layers, l
 
 
 def _log_y(ax) -> None:
-    """A log y axis whose labels fit the data's range: 1-2-5 labels within two decades (so a panel
-    never shows a single labelled tick), powers of ten beyond. Call after drawing."""
+    """A log y axis whose labels fit the data's range: powers of ten over many decades, 1-2-5 (or
+    every digit) within two, and plain evenly spaced values where even those leave fewer than two
+    labels (a range inside one factor of 2). Call after drawing."""
     ax.set_yscale("log")
     low, high = ax.get_ylim()
-    if high / low < 100:
-        ax.yaxis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.yaxis.set_major_formatter(mticker.FuncFormatter(lambda v, _: f"{v:g}"))
-    else:
-        ax.yaxis.set_major_locator(mticker.LogLocator(base=10, numticks=8))
-        ax.yaxis.set_major_formatter(mticker.LogFormatterSciNotation())
+    plain = mticker.FuncFormatter(lambda v, _: f"{v:.3g}")
+    choices = [(mticker.LogLocator(base=10, numticks=8), mticker.LogFormatterSciNotation())] if high / low >= 100 \
+        else []
+    choices += [(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)), plain),
+                (mticker.LogLocator(base=10, subs=tuple(range(1, 10))), plain),
+                (mticker.MaxNLocator(nbins=4), plain)]
+    for locator, formatter in choices:
+        ticks = [t for t in locator.tick_values(low, high) if low <= t <= high]
+        if len(ticks) >= 2:
+            break
+    ax.yaxis.set_major_locator(locator)
+    ax.yaxis.set_major_formatter(formatter)
     ax.yaxis.set_minor_formatter(mticker.NullFormatter())
 
 
@@ -398,7 +407,7 @@ def signal_at_init(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
                 _note(ax, "exactly 0, not drawn (log axis): " + "; ".join(zeros))
             _log_y(ax)
             ax.set_xlim(0.5, layers[-1] + 0.5)
-            ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True, nbins=6))
+            ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True, nbins=6, steps=[1, 2, 4, 5, 8, 10]))
             ax.set_xlabel("layer i (1 = nearest the input" + (f"; {layers[-1]} = readout)" if row else ")"),
                           fontsize=9)
             ax.set_ylabel(ylabel, fontsize=9)
