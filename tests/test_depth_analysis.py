@@ -296,3 +296,10 @@ def test_reading_without_theory_says_so():
     assert not any(s.startswith("Told in advance") for s in text)
     measured = next(s for s in text if s.startswith("The same rule on the measured"))
     assert "of 30 cells right" in measured
+
+
+def test_inf_as_stored_by_mlflow_reads_as_inf():
+    history = pd.DataFrame({"run_id": ["a", "a"], "metric": ["theory/act_std/layer_1", "act_std/layer_1"],
+                            "step": [0, 0], "value": [np.finfo(float).max, 2.0]})
+    rows = depth.init_layers(history).set_index("source")["value"]
+    assert rows["theory"] == np.inf and rows["measured"] == 2.0

@@ -53,6 +53,7 @@ CHANCE = 0.1  # 10 classes; a diverged run counts as chance (it learned nothing)
 SIGNAL_RANGE = (1e-3, 1e3)  # the theory's rule: trainable iff predicted signal and gradient ratio stay inside
 DPI = 110  # nnlab.report's savefig dpi
 MAX_WIDTH_IN = 10.4  # inches: 1144 px at DPI, under the 1150 px the report page shows unscaled
+INF_STORED = 1e300  # MLflow stores inf as the largest float: read back as inf (off every axis, outside any range)
 _LAYER = re.compile(r"^(?P<source>theory/)?(?P<stat>act_std|grad_norm|grad_ratio)/layer_(?P<layer>\d+)$")
 
 
@@ -197,6 +198,7 @@ def init_layers(history: pd.DataFrame) -> pd.DataFrame:
     out["source"] = np.where(parts.loc[keep, "source"].notna(), "theory", "measured")
     out["stat"] = parts.loc[keep, "stat"]
     out["layer"] = parts.loc[keep, "layer"].astype("int64")
+    out["value"] = out["value"].where(out["value"] < INF_STORED, np.inf)  # MLflow keeps inf as 1.8e308
     return out.reset_index(drop=True)
 
 
