@@ -21,7 +21,6 @@ Every figure is a function of frames from ``nnlab.analysis`` and returns a matpl
 """
 from __future__ import annotations
 
-import math
 import re
 import textwrap
 from fractions import Fraction
