@@ -303,3 +303,15 @@ def test_inf_as_stored_by_mlflow_reads_as_inf():
                             "step": [0, 0], "value": [np.finfo(float).max, 2.0]})
     rows = depth.init_layers(history).set_index("source")["value"]
     assert rows["theory"] == np.inf and rows["measured"] == 2.0
+
+
+def test_log_aggregate_matches_stats_aggregate(study):
+    from nnlab.analysis.stats import aggregate
+
+    frame = depth.jacobian_frame(study.history, study.runs)
+    by = ["architecture", "activation", "model.depth"]
+    fast = depth._aggregate_log(frame, by, "spread").sort_values(by).reset_index(drop=True)
+    ref = aggregate(frame, by, "spread", scale="log").sort_values(by).reset_index(drop=True)
+    for column in ("mean", "ci_low", "ci_high"):
+        np.testing.assert_allclose(fast[column], ref[column], rtol=1e-12)
+    assert fast["n"].tolist() == ref["n"].tolist()

@@ -31,6 +31,7 @@ import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from scipy import stats as sps
 from matplotlib.figure import Figure
 
 from .design import CONFIG, Design, infer_design, levels
@@ -322,10 +323,25 @@ def _profile_line(ax, x: np.ndarray, y: np.ndarray, color, label: str, ls: str =
         ax.plot(x[lone], y[lone], ls="none", marker="o" if ls == "-" else "x", ms=4, color=color, label="_lone")
 
 
-def _aggregate_log(frame: pd.DataFrame, by: list[str], value: str = "value") -> pd.DataFrame:
-    """Geometric mean and 95% interval (on log values, so > 0) of a positive quantity; exact zeros are
-    left out and counted in ``n_zero``."""
-    return aggregate(frame, by, value, scale="log")
+def _aggregate_log(frame: pd.DataFrame, by: list[str], value: str = "value", level: float = 0.95) -> pd.DataFrame:
+    """Per group of ``by``: ``n``, geometric ``mean`` and the 95% t-interval computed on log values
+    (``ci_low``, ``ci_high``: always > 0) of a positive quantity, as ``stats.aggregate(scale="log")``
+    computes them, vectorised over the groups (a depth-256 profile has thousands); exact zeros and
+    non-finite values are left out (NaN rows where nothing is left)."""
+    values = frame[value].to_numpy(float)
+    keep = np.isfinite(values) & (values > 0)
+    part = frame.loc[keep, by].assign(_log=np.log(values[keep]))
+    if part.empty:
+        return pd.DataFrame(columns=[*by, "n", "mean", "ci_low", "ci_high"])
+    stats = part.groupby(by, sort=True)["_log"].agg(["count", "mean", "std"])
+    n = stats["count"].to_numpy(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = sps.t.ppf(0.5 + level / 2, df=np.maximum(n - 1, 1)) * stats["std"].to_numpy(float) / np.sqrt(n)
+    half = np.where(n >= 2, half, np.nan)
+    out = pd.DataFrame({"n": n.astype(int), "mean": np.exp(stats["mean"].to_numpy(float)),
+                        "ci_low": np.exp(stats["mean"].to_numpy(float) - half),
+                        "ci_high": np.exp(stats["mean"].to_numpy(float) + half)}, index=stats.index)
+    return out.reset_index()
 
 
 # --- (1) test accuracy against depth ------------------------------------------------------------------------
@@ -397,7 +413,7 @@ def signal_at_init(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
                     _profile_line(ax, layers, mean, colors[arch], f"{arch}: measured")
                     ax.fill_between(layers, agg["ci_low"].to_numpy(float), agg["ci_high"].to_numpy(float),
                                     color=colors[arch], alpha=0.15, lw=0)
-                    n_zero = int(measured.groupby("layer")["value"].apply(lambda v: bool((v == 0).all())).sum())
+                    n_zero = int(((measured["value"] == 0).groupby(measured["layer"]).all()).sum())
                     if n_zero:
                         zeros.append(f"{arch} at {n_zero} of {len(layers)} layers")
                 theory = sel[sel["source"] == "theory"].groupby("layer")["value"].median().reindex(layers)
@@ -696,6 +712,10 @@ def depth_reading(study, metric: str = "test_acc") -> list[str]:
     return out
 
 
+def _num(value: float) -> str:
+    return f"{value:.2g}" if np.isfinite(value) else "not measured"
+
+
 def _act_len_sentence(history: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     frame = act_len_frame(history, runs)
     if frame.empty:
@@ -708,7 +728,7 @@ def _act_len_sentence(history: pd.DataFrame, runs: pd.DataFrame) -> list[str]:
     parts = []
     for idx, row in agg.iterrows():
         label = " / ".join(map(str, idx if isinstance(idx, tuple) else (idx,)))
-        text = f"{label} {row.get(low, np.nan):.2g} -> {row.get(high, np.nan):.2g}"
+        text = f"{label} {_num(row.get(low, np.nan))} -> {_num(row.get(high, np.nan))}"
         predicted = theory.loc[idx].get(high, np.nan) if idx in theory.index else np.nan
         if np.isfinite(predicted):
             text += f" (theory {predicted:.2g})"
