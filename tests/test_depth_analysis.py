@@ -246,8 +246,9 @@ def test_figures_without_any_theory():
     try:
         for fig in made.values():
             assert not any(line.get_label().endswith(": theory") for ax in fig.axes for line in ax.get_lines())
-        for name in ("depth_signal_at_init.png", "depth_act_len_spread.png"):
-            assert "not recorded for any run" in made[name]._suptitle.get_text().replace("\n", " ")
+        titles = {name: made[name]._suptitle.get_text().replace("\n", " ") for name in made}
+        assert "theory not recorded for any run" in titles["depth_signal_at_init.png"]
+        assert "theory/act_len_logvar not recorded for any run" in titles["depth_act_len_spread.png"]
     finally:
         for fig in made.values():
             plt.close(fig)
@@ -255,6 +256,7 @@ def test_figures_without_any_theory():
 
 def test_act_len_axis_is_depth_over_width(figures):
     fig = figures["depth_act_len_spread.png"]
+    assert "theory/act_len_logvar not recorded for residual α=1," in fig._suptitle.get_text().replace("\n", " ")
     fig.canvas.draw()
     ax = fig.axes[0]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1/16", "1/4", "1"]

@@ -234,12 +234,13 @@ def _panel(frame: pd.DataFrame, value) -> pd.DataFrame:
     return frame if value is None else frame[frame["activation"] == value]
 
 
-def _theory_note(has: Sequence[str], lacks: Sequence[str]) -> str:
+def _theory_note(has: Sequence[str], lacks: Sequence[str], name: str = "theory") -> str:
+    """Which architectures have the prediction ``name`` in the record (drawn) and which have not."""
     if not lacks:
-        return "theory recorded for every architecture"
+        return f"{name} recorded for every architecture"
     if not has:
-        return "theory/* not recorded for any run: no prediction drawn"
-    return "theory not recorded for " + ", ".join(lacks)
+        return f"{name} not recorded for any run: no prediction drawn"
+    return f"{name} not recorded for " + ", ".join(lacks)
 
 
 # --- figure helpers -------------------------------------------------------------------------------------------
@@ -306,8 +307,9 @@ def _title(fig: Figure, text: str, fontsize: float = 10) -> None:
 
 def _note(ax, text: str) -> None:
     """A small grey note inside the panel's lower left corner (kept out of the layout's size)."""
-    note = ax.annotate(textwrap.fill(text, 55), xy=(0.02, 0.02), xycoords="axes fraction", ha="left",
-                       va="bottom", fontsize=6.5, color="dimgrey")
+    text = "\n".join(textwrap.fill(line, 55) for line in text.split("\n"))
+    note = ax.annotate(text, xy=(0.02, 0.02), xycoords="axes fraction", ha="left",
+                       va="bottom", fontsize=6.5, color="dimgrey", bbox={"fc": "white", "alpha": 0.75, "lw": 0})
     note.set_in_layout(False)
 
 
@@ -403,10 +405,12 @@ def signal_at_init(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
         layers = np.arange(1, depth + (2 if quantity == "gradient" else 1))
         for ax, panel in zip(axes[row], panels):
             part = _panel(prof[prof["quantity"] == quantity], panel)
-            zeros = []
+            zeros, overflow, absent = [], [], []
             for arch in archs:
                 sel = part[part[ARCHITECTURE] == arch]
                 measured = sel[sel["source"] == "measured"]
+                if measured.empty:
+                    absent.append(arch)
                 if len(measured):
                     agg = _aggregate_log(measured, ["layer"]).set_index("layer").reindex(layers)
                     mean = agg["mean"].where(agg["mean"] > 0).to_numpy(float)
@@ -416,12 +420,18 @@ def signal_at_init(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
                     n_zero = int(((measured["value"] == 0).groupby(measured["layer"]).all()).sum())
                     if n_zero:
                         zeros.append(f"{arch} at {n_zero} of {len(layers)} layers")
+                    n_inf = int((~np.isfinite(measured["value"])).groupby(measured["layer"]).all().sum())
+                    if n_inf:
+                        overflow.append(f"{arch} at {n_inf} of {len(layers)} layers")
                 theory = sel[sel["source"] == "theory"].groupby("layer")["value"].median().reindex(layers)
                 theory = theory.where(theory > 0).to_numpy(float)
                 if np.isfinite(theory).any():
                     _profile_line(ax, layers, theory, colors[arch], f"{arch}: theory", ls="--", lw=1.2)
-            if zeros:
-                _note(ax, "exactly 0, not drawn (log axis): " + "; ".join(zeros))
+            notes = (["exactly 0, not drawn (log axis): " + "; ".join(zeros)] if zeros else []) + \
+                (["not finite (overflow), not drawn: " + "; ".join(overflow)] if overflow else []) + \
+                ([f"no measurement at epoch 0 in the record: {', '.join(absent)}"] if absent else [])
+            if notes:
+                _note(ax, "\n".join(notes))
             _log_y(ax)
             ax.set_xlim(0.5, layers[-1] + 0.5)
             ax.xaxis.set_major_locator(mticker.MaxNLocator(integer=True, nbins=6, steps=[1, 2, 4, 5, 8, 10]))
@@ -564,7 +574,7 @@ def act_len_spread(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     width_text = f"width {int(widths[0])}; " if len(widths) == 1 else ""
     lacks = [a for a in archs if a not in with_theory]
     _title(fig, f"Activation-length spread across inputs at initialisation (geometric mean and 95% CI over seeds; "
-                f"{width_text}{_theory_note(with_theory, lacks)})")
+                f"{width_text}{_theory_note(with_theory, lacks, 'theory/act_len_logvar')})")
     return fig
 
 
