@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_tracking.py
 	$(PY) benchmarks/bench_sweep.py
 	$(PY) benchmarks/bench_faults.py
+	$(PY) benchmarks/bench_startup.py
 
 # the init_depth study (135 runs, 2 workers) and its report in reports/init_depth/
 report: $(STAMP)

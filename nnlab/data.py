@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import functools
 import gzip
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 # scikit-learn is imported inside the loaders, not here: validating a sweep's configs needs only the
-# names in DATASETS, and a launching process that never loads data skips a ~0.9 s import
+# names in DATASETS, and a launching process that never loads data skips a ~0.9 s import. The digits
+# split is cached (see _cached_digits), so a command that finds the cache skips it too
 
 Array = np.ndarray
 
@@ -60,11 +66,22 @@ def _standardise(name: str, splits: list[tuple[Array, Array]], dtype) -> Dataset
 
 def load_digits_dataset(*, split_seed: int = 0, val_size: float = 0.1, test_size: float = 0.2,
                         dtype=np.float32) -> Dataset:
-    """scikit-learn's 1797 8x8 digits (ships with scikit-learn), split train/val/test by class."""
+    """scikit-learn's 1797 8x8 digits (ships with scikit-learn), split train/val/test by class.
+
+    The result is cached per user (:func:`cache_dir`), keyed by these arguments and by what produced
+    it (scikit-learn's and NumPy's versions, the digits file's SHA-256): a later call with the same
+    key reads the arrays back, bit for bit those of the scikit-learn path, without importing
+    scikit-learn (~1 s of CPU, most of a one-epoch command's own start-up)."""
     _check_fraction("test_size", test_size)
     _check_fraction("val_size", val_size)
     if val_size + test_size >= 1:
         raise ValueError(f"val_size + test_size must be < 1, got {val_size} + {test_size}")
+    return _cached_digits(split_seed, val_size, test_size, np.dtype(dtype))
+
+
+def split_digits(*, split_seed: int = 0, val_size: float = 0.1, test_size: float = 0.2,
+                 dtype=np.float32) -> Dataset:
+    """The digits split with scikit-learn, never cached (what the cache stores, and is tested against)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -73,6 +90,80 @@ def load_digits_dataset(*, split_seed: int = 0, val_size: float = 0.1, test_size
     x_tr, x_val, y_tr, y_val = train_test_split(
         x_rest, y_rest, test_size=val_size / (1 - test_size), stratify=y_rest, random_state=split_seed)
     return _standardise("digits", [(x_tr, y_tr), (x_val, y_val), (x_test, y_test)], dtype)
+
+
+# --- the digits cache ------------------------------------------------------------------------------
+_SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+_CACHE_FORMAT = 1  # bump when what the cache holds changes meaning
+
+
+def cache_dir() -> Path:
+    """Where nnlab caches derived data: ``$NNLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/nnlab``, else
+    ``~/.cache/nnlab``. Safe to delete at any time: whatever is missing is computed again."""
+    explicit = os.environ.get("NNLAB_CACHE_DIR")
+    if explicit:
+        return Path(explicit).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "nnlab"
+
+
+def _digits_key(split_seed: int, val_size: float, test_size: float, dtype: np.dtype) -> str | None:
+    """A digest of everything the digits split depends on, found without importing scikit-learn:
+    the arguments, scikit-learn's and NumPy's versions and the packaged digits file's bytes.
+    None when scikit-learn or its digits file cannot be found (the uncached path then says why)."""
+    import importlib.metadata
+    import importlib.util
+
+    if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)):
+        return None  # random_state=None is a new split every call: nothing to cache
+    spec = importlib.util.find_spec("sklearn")  # finds the package; imports nothing
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    source = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data" / "digits.csv.gz"
+    try:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+        version = importlib.metadata.version("scikit-learn")
+    except (OSError, importlib.metadata.PackageNotFoundError):
+        return None
+    key = {"format": _CACHE_FORMAT, "dataset": "digits", "split_seed": int(split_seed), "val_size": float(val_size),
+           "test_size": float(test_size), "dtype": dtype.str, "scikit-learn": version, "numpy": np.__version__,
+           "digits.csv.gz": digest}
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _cached_digits(split_seed: int, val_size: float, test_size: float, dtype: np.dtype) -> Dataset:
+    """The digits split from the cache if there, else computed with scikit-learn and stored. A cache
+    that cannot be read or written is never an error: the split is computed as if there were none."""
+    key = _digits_key(split_seed, val_size, test_size, dtype)
+    path = cache_dir() / "data" / f"digits-{key}.npz" if key is not None else None
+    if path is not None and path.is_file():
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {name: f[name] for name in _SPLITS}
+            if all(arrays[name].dtype == dtype for name in _SPLITS if name.startswith("x")):
+                return Dataset("digits", **arrays)
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # truncated or foreign: computed again
+            pass
+    data = split_digits(split_seed=split_seed, val_size=val_size, test_size=test_size, dtype=dtype)
+    if path is not None:
+        _store(path, {name: getattr(data, name) for name in _SPLITS})
+    return data
+
+
+def _store(path: Path, arrays: dict[str, Array]) -> None:
+    """Write ``arrays`` to ``path`` atomically (a temporary file renamed): concurrent workers that
+    compute the same split each write a whole file, and a reader never sees half of one."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=".npz")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError:
+        pass  # a read-only or full home: no cache, same data
 
 
 # --- MNIST from local files: IDX (optionally .gz) as published, or one .npz (Keras layout)

@@ -95,3 +95,62 @@ def test_corrupt_idx_is_refused(tmp_path):
     (tmp_path / "bad").write_bytes(b"\x01\x02\x03\x04rest")
     with pytest.raises(ValueError, match="not an IDX file"):
         read_idx(tmp_path / "bad")
+
+
+# --- the digits cache: the split is computed by scikit-learn once per key, then read back ---------------
+SPLITS = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
+
+
+def cached_files(root):
+    return sorted((root / "data").glob("digits-*.npz"))
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"split_seed": 3, "val_size": 0.15, "test_size": 0.25, "dtype": np.float64}],
+                         ids=["defaults", "other-key"])
+def test_the_digits_cache_gives_bit_for_bit_what_scikit_learn_computes(tmp_path, monkeypatch, kwargs):
+    from nnlab.data import split_digits
+
+    monkeypatch.setenv("NNLAB_CACHE_DIR", str(tmp_path))
+    computed = load_dataset("digits", **kwargs)  # nothing cached yet: scikit-learn's path, then stored
+    (stored,) = cached_files(tmp_path)
+    read_back = load_dataset("digits", **kwargs)  # from the file
+    reference = split_digits(**kwargs)  # never cached
+    for name in SPLITS:
+        for data in (computed, read_back):
+            got, want = getattr(data, name), getattr(reference, name)
+            assert got.dtype == want.dtype and got.shape == want.shape and got.flags.c_contiguous, name
+            assert got.tobytes() == want.tobytes(), name
+    assert cached_files(tmp_path) == [stored]  # read, not written again
+
+
+def test_the_digits_cache_is_keyed_by_the_split_and_survives_a_damaged_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("NNLAB_CACHE_DIR", str(tmp_path))
+    a = load_dataset("digits", split_seed=0)
+    b = load_dataset("digits", split_seed=1)
+    assert len(cached_files(tmp_path)) == 2 and not np.array_equal(a.y_test, b.y_test)
+    assert len({len(load_dataset("digits", dtype=d).x_train.tobytes()) for d in (np.float32, np.float64)}) == 2
+    for path in cached_files(tmp_path):
+        path.write_bytes(path.read_bytes()[:100])  # truncated: computed again and replaced
+    again = load_dataset("digits", split_seed=0)
+    assert again.x_train.tobytes() == a.x_train.tobytes()
+    assert sum(path.stat().st_size > 100 for path in cached_files(tmp_path)) == 1  # the one read again, rewritten
+
+
+def test_a_cached_digits_load_does_not_import_scikit_learn(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; from nnlab.data import load_dataset; d = load_dataset('digits'); "
+            "print('sklearn' in sys.modules, d.x_train[:2].sum())")
+    env = {**__import__("os").environ, "NNLAB_CACHE_DIR": str(tmp_path)}
+    first, second = (subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                                    check=True).stdout.split() for _ in range(2))
+    assert first[0] == "True" and second[0] == "False"  # computed, then read without scikit-learn
+    assert first[1] == second[1]
+
+
+def test_an_unwritable_cache_is_no_error(tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("NNLAB_CACHE_DIR", str(blocked))
+    assert load_dataset("digits").n_features == 64

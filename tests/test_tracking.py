@@ -111,6 +111,24 @@ def test_git_tags_never_fail_outside_a_repository(tmp_path):
     assert T.git_tags(tmp_path) == {}
 
 
+@pytest.mark.parametrize("dirty", [False, True], ids=["clean", "dirty"])
+def test_git_tags_name_the_commit_and_whether_tracked_files_changed(tmp_path, dirty):
+    import subprocess
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=tmp_path, capture_output=True, text=True, check=True).stdout
+
+    git("init", "-q")
+    (tmp_path / "tracked.txt").write_text("one\n")
+    git("add", "tracked.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    (tmp_path / "untracked.txt").write_text("not counted\n")
+    if dirty:
+        (tmp_path / "tracked.txt").write_text("two\n")
+    tags = T.git_tags.__wrapped__(tmp_path)  # not the per-process cache
+    assert tags == {"mlflow.source.git.commit": git("rev-parse", "HEAD").strip(), "nnlab.git_dirty": str(dirty)}
+
+
 class InterruptedClient(CountingClient):
     """Ctrl-C arrives while MLflow is inside its metric write (as a user's keypress can)."""
 
