@@ -30,7 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from . import instrument_plots, plots, theory_plots  # noqa: E402
+from . import depth, instrument_plots, plots, theory_plots  # noqa: E402
 from .design import Design, infer_design  # noqa: E402
 from .reading import reading  # noqa: E402
 from .records import AnalysisError, check_metrics, connect, layer_frame, load_history, load_runs  # noqa: E402
@@ -100,12 +100,13 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
         raise AnalysisError(f"every run of experiment {experiment!r} failed ({len(runs)} runs); nothing to report")
     history = load_history(experiment, client=client, run_ids=ok["run_id"],
                            metrics=[*CURVE_METRICS, *ACC_CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*",
-                                    "act_saturation/layer_*", "preact_std/layer_*", "theory/*", *INSTRUMENT_METRICS])
+                                    "act_saturation/layer_*", "preact_std/layer_*", "theory/*", *INSTRUMENT_METRICS,
+                                    *(depth.DEPTH_METRICS if depth.is_depth_study(runs) else ())])
     # a few hundred metric names repeated over 165,000 rows: as a category, every name test (.str.startswith,
     # .str.extract of the layer index) runs once per name instead of once per row
     history = history.astype({"metric": "category"})
     _check_history(history, ok, experiment)
-    runs, design = infer_design(runs)
+    runs, design = depth.depth_design(runs) if depth.is_depth_study(runs) else infer_design(runs)
     shown = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if parent_run_id is not None:
         shown = f"{shown}, sweep {parent_run_id}"
@@ -132,6 +133,8 @@ def figures(study: Study) -> dict[str, str]:
         if is_trainability_grid(study.runs):
             out.update(TRAINABILITY_FIGURE)
     out.update({name: caption for name, (caption, _) in instrument_figures(study).items()})
+    if depth.is_depth_study(study.runs):
+        out.update({name: caption for name, (caption, _) in depth.depth_figures(study).items()})
     return out
 
 
@@ -164,6 +167,8 @@ def make_figures(study: Study, metric: str = "test_acc") -> Iterator[tuple[str, 
         "trainability.png": lambda: theory_plots.trainability_heatmap(study.runs, metric),
     }
     makers.update({name: make for name, (_, make) in instrument_figures(study).items()})
+    if depth.is_depth_study(study.runs):
+        makers.update({name: make for name, (_, make) in depth.depth_figures(study).items()})
     for name in figures(study):
         yield name, makers[name]()
 
@@ -225,6 +230,8 @@ def page(study: Study, metric: str = "test_acc") -> Page:
         sentences += theory_plots.theory_reading(study.history, ok, study.design)
         if is_trainability_grid(study.runs):
             sentences += theory_plots.trainability_reading(study.runs, metric)
+    if depth.is_depth_study(study.runs):
+        sentences += depth.depth_reading(study, metric)
     edge = []
     if "edge_of_stability.png" in instrument_figures(study):
         edge = instrument_plots.edge_reading(study.history, study.runs[~study.runs["failed"]])

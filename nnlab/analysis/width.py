@@ -18,8 +18,10 @@ optimiser step). Columns named by the record: ``model.parametrization``, ``model
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Sequence
 
+import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
@@ -27,7 +29,33 @@ import seaborn as sns
 from matplotlib.figure import Figure
 
 from .design import levels
-from .plots import MAX_WIDTH, _legend, _subplots, _title
+from .plots import MAX_WIDTH
+
+
+# the width figures' own layout (constrained: a handful of panels; the report's big grids use plots.grid)
+def _subplots(n_rows: int, n_cols: int, panel_w: float, panel_h: float, extra_w: float = 1.6, **kwargs):
+    """A constrained-layout grid no wider than ``MAX_WIDTH`` (panels shrink to fit, down to 1.65 in)."""
+    panel_w = max(1.65, min(panel_w, (MAX_WIDTH - extra_w) / n_cols))
+    return plt.subplots(n_rows, n_cols, figsize=(panel_w * n_cols + extra_w, panel_h * n_rows + 0.9),
+                        squeeze=False, layout="constrained", **kwargs)
+
+
+def _title(fig: Figure, text: str, fontsize: float = 11) -> None:
+    """A suptitle wrapped to the figure's width, so it never runs past the canvas."""
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    fig.suptitle(textwrap.fill(text, chars), fontsize=fontsize)
+
+
+def _legend(fig: Figure, axes: np.ndarray, title: str) -> None:
+    """One legend for the figure, an entry per labelled line of any panel, beside the panels."""
+    seen: dict = {}
+    for ax in axes.flat:
+        handles, labels = ax.get_legend_handles_labels()
+        seen.update((lab, h) for lab, h in zip(labels, handles) if lab not in seen and not lab.startswith("_"))
+        if ax.get_legend():
+            ax.get_legend().remove()
+    if seen:
+        fig.legend(seen.values(), seen.keys(), title=title, loc="outside right center", frameon=False)
 from .records import with_params
 from .stats import SEED_KEYS, metric_scale, summarize, varying_params
 
