@@ -140,7 +140,7 @@ def test_two_sweeps_started_together_get_their_own_folders(tmp_path):
     (["+typo=5"], "+typo=5"),
     (["-m", "seed=0,1", "+typo=5"], "+typo=5"),
     (["model.depth=="], "model.depth=="),                 # Hydra cannot parse the override
-    (["+experiment=nope"], "experiment/nope"),           # no such study
+    (["+experiment=nope"], "experiment=nope is not an option"),  # no such study
 ])
 def test_refusals_exit_2_with_one_line_and_no_run(tmp_path, args, needle):
     result = nnlab_run(tmp_path, *args, *FAST)

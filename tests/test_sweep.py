@@ -104,7 +104,7 @@ BAD = [  # (override, text that must be on one line of stderr)
     ("optimizer.lr=0", "optimizer.lr=0.0"),
     ("trainer.epochs=abc", "trainer.epochs=abc"),
     ("model.width=[8]", "model.width=[8]"),
-    ("activation=foo", "activation/foo"),
+    ("activation=foo", "activation=foo is not an option"),
 ]
 
 
@@ -113,8 +113,8 @@ def check_refused(tmp_path, result, needle):
     assert any(needle in line for line in result.stderr.splitlines()), result.stderr
     assert "Traceback" not in result.stderr
     assert all_runs(tmp_path) == []  # no run at all: neither a child nor a parent
-    if needle == "activation/foo":  # Hydra's own message, listing the options
-        assert "Available options in 'activation'" in result.stderr and "leaky_relu" in result.stderr
+    if "is not an option" in needle:  # Hydra's refusal in nnlab's words, listing the options
+        assert "(choices: " in result.stderr and "leaky_relu" in result.stderr
 
 
 @pytest.mark.parametrize("override, needle", BAD)
@@ -125,7 +125,7 @@ def test_bad_input_single_run(tmp_path, override, needle):
 @pytest.mark.slow
 @pytest.mark.parametrize("override, needle", BAD + [("model.depth=1,-1", "model.depth=-1"),
                                                     ("trainer.epochs=1,abc", "trainer.epochs=abc"),
-                                                    ("activation=relu,foo", "activation/foo")])
+                                                    ("activation=relu,foo", "activation=foo is not an option")])
 def test_bad_input_joblib_sweep(tmp_path, override, needle):
     args = ["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1", *FAST, override]
     check_refused(tmp_path, nnlab_run(tmp_path, *args), needle)

@@ -616,6 +616,8 @@ def _check_launcher(config: DictConfig) -> None:
     """The launcher's optional extra is installed (else one line naming its install command, exit 2)."""
     from nnlab.extras import MissingExtra, check_launcher
 
+    if config is None:
+        return
     try:
         check_launcher(str(OmegaConf.select(config, "hydra.launcher._target_", default="")))
     except MissingExtra as err:
