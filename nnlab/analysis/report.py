@@ -30,7 +30,7 @@ from matplotlib.figure import Figure  # noqa: E402
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from . import depth, instrument_plots, plots, theory_plots  # noqa: E402
+from . import depth, instrument_plots, plots, theory_plots, width  # noqa: E402
 from .design import Design, infer_design  # noqa: E402
 from .reading import reading  # noqa: E402
 from .records import AnalysisError, check_metrics, connect, layer_frame, load_history, load_runs  # noqa: E402
@@ -101,7 +101,7 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
     history = load_history(experiment, client=client, run_ids=ok["run_id"],
                            metrics=[*CURVE_METRICS, *ACC_CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*",
                                     "act_saturation/layer_*", "preact_std/layer_*", "theory/*", *INSTRUMENT_METRICS,
-                                    *(depth.DEPTH_METRICS if depth.is_depth_study(runs) else ())])
+                                    *(depth.DEPTH_METRICS if depth.is_depth_study(runs) else ()), "coord/*"])
     # a few hundred metric names repeated over 165,000 rows: as a category, every name test (.str.startswith,
     # .str.extract of the layer index) runs once per name instead of once per row
     history = history.astype({"metric": "category"})
@@ -135,6 +135,7 @@ def figures(study: Study) -> dict[str, str]:
     out.update({name: caption for name, (caption, _) in instrument_figures(study).items()})
     if depth.is_depth_study(study.runs):
         out.update({name: caption for name, (caption, _) in depth.depth_figures(study).items()})
+    out.update({name: caption for name, (caption, _) in width.report_figures(study).items()})
     return out
 
 
@@ -169,6 +170,7 @@ def make_figures(study: Study, metric: str = "test_acc") -> Iterator[tuple[str, 
     makers.update({name: make for name, (_, make) in instrument_figures(study).items()})
     if depth.is_depth_study(study.runs):
         makers.update({name: make for name, (_, make) in depth.depth_figures(study).items()})
+    makers.update({name: make for name, (_, make) in width.report_figures(study).items()})
     for name in figures(study):
         yield name, makers[name]()
 
@@ -232,6 +234,7 @@ def page(study: Study, metric: str = "test_acc") -> Page:
             sentences += theory_plots.trainability_reading(study.runs, metric)
     if depth.is_depth_study(study.runs):
         sentences += depth.depth_reading(study, metric)
+    sentences += width.report_reading(study)
     edge = []
     if "edge_of_stability.png" in instrument_figures(study):
         edge = instrument_plots.edge_reading(study.history, study.runs[~study.runs["failed"]])

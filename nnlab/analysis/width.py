@@ -410,3 +410,59 @@ def tuned_view(runs: pd.DataFrame, select: str = "val_acc", report: str = "test_
     return out.sort_values(f"{report} mean", ascending=not _higher_is_better(report), kind="stable",
                            na_position="last").reset_index(drop=True)
 
+
+
+# --- the report's hooks ---------------------------------------------------------------------------------
+def is_coord_study(history: pd.DataFrame) -> bool:
+    """The record holds the coordinate check (``diagnostics.coord_steps > 0``)."""
+    return bool(history["metric"].astype(str).str.startswith("coord/").any())
+
+
+def is_lr_transfer_study(runs: pd.DataFrame) -> bool:
+    """A study over width and learning rate (each width at several rates)."""
+    return ({WIDTH, LR} <= set(runs.columns) and runs[WIDTH].nunique() > 1 and runs[LR].nunique() > 2
+            and "train_loss" in runs.columns)
+
+
+def report_figures(study) -> dict:
+    """``nnlab.analysis.report``'s extra figures for a width study: file name -> (caption, make)."""
+    out = {}
+    if is_coord_study(study.history):
+        coord = coord_frame(study.history, study.runs)
+        out["coord_check.png"] = ("Coordinate check: mean |value| of each layer's output on a fixed batch after "
+                                  "optimiser steps, against width (mean over seeds)", lambda: coord_check_figure(coord))
+    if is_lr_transfer_study(study.runs):
+        frame = lr_frame(study.runs, "train_loss")
+        summary = optimum_summary(lr_optima(frame, "train_loss"))
+        out["lr_transfer.png"] = ("Learning-rate transfer: training loss after the budget against log2 lr, one "
+                                  "curve per width; markers: each width's fitted optimum with its interval over seeds",
+                                  lambda: lr_transfer_figure(frame, summary, "train_loss"))
+    return out
+
+
+def report_reading(study) -> list[str]:
+    """Sentences from the record for a width study: slopes of log|h| against log width; how far the tuned
+    learning rate moved from the narrowest to the widest net, and whether wider was better there."""
+    out = []
+    if is_coord_study(study.history):
+        coord = coord_frame(study.history, study.runs)
+        last = int(coord["step"].max())
+        slopes = slope_table(coord, step=last)
+        out.append(f"Coordinate check after {last} optimiser step(s): slope of log mean|h| against log width "
+                   "(0 = width-independent; per layer, then the logits):")
+        for _, row in slopes.iterrows():
+            cells = ", ".join(f"{c} {row[c]:+.2f}" for c in slopes.columns if c not in BY and c != "config"
+                              and isinstance(row[c], (int, float, np.floating)) and np.isfinite(row[c]))
+            label = " / ".join(str(row[c]) for c in BY if c in slopes.columns)
+            out.append(f"  {label}: {cells}")
+    if is_lr_transfer_study(study.runs):
+        table = transfer_table(optimum_summary(lr_optima(lr_frame(study.runs, "train_loss"), "train_loss")))
+        for _, row in table.iterrows():
+            label = " / ".join(str(row[c]) for c in BY if c in table.columns)
+            edge = " (an optimum sat at the grid's edge: it may lie beyond)" if row["optimum_at_grid_edge"] else ""
+            out.append(f"{label}: the tuned learning rate moved {row['octaves_moved']:+.2f} ± "
+                       f"{row['octaves_uncertainty']:.2f} octaves from width {row['width_narrow']} "
+                       f"(2^{row['opt_log2_lr_narrow']:.2f}) to width {row['width_wide']} (2^{row['opt_log2_lr_wide']:.2f}); "
+                       f"at its tuned rate the widest net's training loss was {row['loss_wide']:.3g} against "
+                       f"{row['loss_narrow']:.3g} for the narrowest ({'wider was better' if row['wider_better'] else 'wider was not better'}){edge}.")
+    return out
