@@ -54,6 +54,11 @@ def best_and_worst(runs: pd.DataFrame, design: Design, metric: str = "test_acc")
     return out
 
 
+def _value(value: float) -> str:
+    """A mean over seeds, or why there is none: every run of that cell failed (diverged or raised)."""
+    return f"{value:.2f}" if np.isfinite(value) else "no finished run"
+
+
 def by_depth(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> list[str]:
     """Per activation (design.x), each init's mean ``metric`` at the shallowest and deepest depth."""
     if design.col != "model.depth" or design.x is None:
@@ -67,7 +72,7 @@ def by_depth(runs: pd.DataFrame, design: Design, metric: str = "test_acc") -> li
         cells = []
         for hue in levels(part, design.hue):
             rows = part[part[design.hue] == hue].set_index("model.depth")["mean"]
-            cells.append(f"{hue} {rows.get(low, np.nan):.2f} -> {rows.get(high, np.nan):.2f}")
+            cells.append(f"{hue} {_value(rows.get(low, np.nan))} -> {_value(rows.get(high, np.nan))}")
         out.append(f"{design.x} = {x}, {metric} from depth {low} to depth {high}: " + "; ".join(cells) + ".")
     return out
 

@@ -134,6 +134,8 @@ def figures(study: Study) -> dict[str, str]:
             out.update(TRAINABILITY_FIGURE)
     out.update({name: caption for name, (caption, _) in instrument_figures(study).items()})
     if depth.is_depth_study(study.runs):
+        # theory_plots rebuilds plain nets from the config for the spectrum: not these residual ones
+        out.pop("jacobian_spectrum.png", None)
         out.update({name: caption for name, (caption, _) in depth.depth_figures(study).items()})
     out.update({name: caption for name, (caption, _) in width.report_figures(study).items()})
     return out

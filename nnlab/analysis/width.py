@@ -451,7 +451,7 @@ def report_reading(study) -> list[str]:
         out.append(f"Coordinate check after {last} optimiser step(s): slope of log mean|h| against log width "
                    "(0 = width-independent; per layer, then the logits):")
         for _, row in slopes.iterrows():
-            cells = ", ".join(f"{c} {row[c]:+.2f}" for c in slopes.columns if c not in BY and c != "config"
+            cells = ", ".join(f"{c} {row[c]:+.2f}" for c in slopes.columns if c not in (*BY, "config", "step")
                               and isinstance(row[c], (int, float, np.floating)) and np.isfinite(row[c]))
             label = " / ".join(str(row[c]) for c in BY if c in slopes.columns)
             out.append(f"  {label}: {cells}")
