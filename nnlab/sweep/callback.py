@@ -427,6 +427,9 @@ class SweepCallback(Callback):
             from nnlab.analysis.report import write_sweep_report
 
             out = self.sweep_dir / "report"
+            # a few seconds on a small sweep: say so (one line), and how to skip it
+            print("nnlab: drawing the sweep's report (tracking.sweep_report=false skips it) ...", file=sys.stderr,
+                  flush=True)
             with signals.raising(), warnings.catch_warnings():  # drawing writes nothing: a signal skips it
                 # runs of earlier sweeps repeating this one's configurations: noise in this sweep's report
                 warnings.simplefilter("ignore", DuplicateRunsWarning)
