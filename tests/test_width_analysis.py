@@ -197,3 +197,19 @@ def test_a_rate_where_a_seed_diverged_is_not_chosen():
     assert tuned_view(runs).set_index("init").loc["xavier", "tuned_lr"] == 1.0
     with pytest.raises(KeyError, match="needs a sweep over the learning rate"):
         tuned_view(runs.drop(columns=[LR]))
+
+
+def test_tuned_reading_names_each_configurations_rate_and_compares_with_one_fixed_rate():
+    """Two inits x three rates x two seeds, built so that 'a' is best at lr 0.1 and 'b' at lr 0.01: the tuned
+    view crowns 'b' (0.95 at its rate) although at the common rate 0.1 'a' wins."""
+    import pandas as pd
+
+    from nnlab.analysis.width import tuned_reading
+
+    acc = {("a", 0.01): 0.6, ("a", 0.1): 0.9, ("a", 1.0): 0.5, ("b", 0.01): 0.95, ("b", 0.1): 0.8, ("b", 1.0): 0.4,
+           ("c", 0.01): 0.5, ("c", 0.1): 0.7, ("c", 1.0): 0.3}
+    rows = [{"run_id": f"{i}{lr}{s}", "init": i, "optimizer.lr": lr, "seed": s, "val_acc": v, "test_acc": v,
+             "failed": False} for (i, lr), v in acc.items() for s in (0, 1)]
+    lines = tuned_reading(pd.DataFrame(rows))
+    assert "best b 0.950 at lr 0.01 (grid edge)" in lines[0] and "a 0.900 at lr 0.1" in lines[0]
+    assert lines[1].startswith("At one fixed rate (lr 0.1") and "best configuration is a, not the tuned view" in lines[1]

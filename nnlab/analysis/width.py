@@ -440,9 +440,48 @@ def report_figures(study) -> dict:
     return out
 
 
+def is_tuned_study(runs: pd.DataFrame) -> bool:
+    """A sweep over the learning rate and at least one other factor: each configuration can be read at its
+    own best validation rate (the tuned view)."""
+    return (LR in runs.columns and runs[LR].nunique() > 1 and "val_acc" in runs.columns
+            and len([c for c in varying_params(runs, exclude=tuple(SEED_KEYS)) if c != LR]) >= 1)
+
+
+def tuned_reading(runs: pd.DataFrame, metric: str = "test_acc", shown: int = 4) -> list[str]:
+    """The tuned view in sentences: the best and worst configurations at their own best validation rate, the
+    rate each chose, and whether the ranking at one fixed rate (the grid's most common best) agrees."""
+    view = tuned_view(runs, "val_acc", metric)
+    if view.empty:
+        return []
+    by = [c for c in view.columns if c not in ("tuned_lr", "lrs_tried", "lr_at_edge", "val_acc at tuned lr", "n",
+                                               f"{metric} mean", f"{metric} std", "ci_low", "ci_high")]
+    label = lambda row: " / ".join(str(row[c]) for c in by)  # noqa: E731
+    cell = lambda row: (f"{label(row)} {row[f'{metric} mean']:.3f} at lr {row['tuned_lr']:g}"  # noqa: E731
+                        + (" (grid edge)" if row["lr_at_edge"] else ""))
+    rows = [view.iloc[i] for i in range(len(view))]
+    head = "; ".join(cell(r) for r in rows[:shown])
+    tail = "; ".join(cell(r) for r in rows[-shown:]) if len(rows) > 2 * shown else ""
+    out = [f"Tuned view (each configuration at the learning rate with its best mean val_acc over seeds, "
+           f"reported on {metric}; {int(rows[0]['lrs_tried'])} rates tried): best {head}"
+           + (f"; … worst {tail}" if tail else "") + "."]
+    fixed = view["tuned_lr"].mode().iloc[0]
+    at_fixed = (runs[(runs[LR] == fixed) & ~runs.get("failed", False)].groupby(by, dropna=False)[metric].mean()
+                .sort_values(ascending=False))
+    tuned_order = [tuple(r[c] for c in by) for r in rows]
+    fixed_order = [k if isinstance(k, tuple) else (k,) for k in at_fixed.index]
+    same_best = bool(fixed_order) and fixed_order[0] == tuned_order[0]
+    moved = sum(a != b for a, b in zip(tuned_order, fixed_order))
+    out.append(f"At one fixed rate (lr {fixed:g}, the rate most configurations chose) the best configuration is "
+               f"{' / '.join(map(str, fixed_order[0])) if fixed_order else 'none'}"
+               f"{' as well' if same_best else ', not the tuned view’s'}; {moved} of {len(tuned_order)} "
+               "configurations change rank between the two views.")
+    return out
+
+
 def report_reading(study) -> list[str]:
     """Sentences from the record for a width study: slopes of log|h| against log width; how far the tuned
-    learning rate moved from the narrowest to the widest net, and whether wider was better there."""
+    learning rate moved from the narrowest to the widest net, and whether wider was better there; for any
+    sweep over the learning rate, the tuned view."""
     out = []
     if is_coord_study(study.history):
         coord = coord_frame(study.history, study.runs)
@@ -465,4 +504,6 @@ def report_reading(study) -> list[str]:
                        f"(2^{row['opt_log2_lr_narrow']:.2f}) to width {row['width_wide']} (2^{row['opt_log2_lr_wide']:.2f}); "
                        f"at its tuned rate the widest net's training loss was {row['loss_wide']:.3g} against "
                        f"{row['loss_narrow']:.3g} for the narrowest ({'wider was better' if row['wider_better'] else 'wider was not better'}){edge}.")
+    elif is_tuned_study(study.runs):
+        out += tuned_reading(study.runs)
     return out
