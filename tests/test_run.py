@@ -179,8 +179,8 @@ def test_blas_threads_limit_applies_during_fit_and_joblib_workers_get_one(make_c
     train(make_cfg("trainer.epochs=1", "model.width=8", "blas_threads=1"))
     assert seen and set(seen) == {1}
     spec = RunSpec.from_cfg(make_cfg("blas_threads=null"))
-    in_worker = Job(spec, JobContext(parallel=True), None, None, None, None)
-    assert in_worker.blas_limit == 1 and Job(spec, JobContext(), None, None, None, None).blas_limit is None
+    in_worker = Job(spec, JobContext(parallel=True), None, None, None, None, spec.name)
+    assert in_worker.blas_limit == 1 and Job(spec, JobContext(), None, None, None, None, spec.name).blas_limit is None
 
 
 def test_command_line_exit_skips_the_final_garbage_collection():

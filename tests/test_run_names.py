@@ -3,6 +3,8 @@ carries its fixed configuration and axes as params and links to its report."""
 from __future__ import annotations
 
 import pytest
+
+from nnlab.spec import RunSpec
 from hydra import compose, initialize_config_dir
 from mlflow import MlflowClient
 
@@ -47,7 +49,7 @@ def test_another_configuration_under_a_taken_name_gets_a_fingerprint_suffix(make
 
 def test_parent_params_are_the_values_every_job_shares_and_the_axes(make_cfg):
     configs = [make_cfg(f"activation={a}", f"seed={s}") for a in ("relu", "tanh") for s in (0, 1)]
-    plan = Plan(jobs=[[]] * 4, configs=configs, axes=["activation", "seed"], fingerprints=["a", "b", "c", "d"])
+    plan = Plan(jobs=[[]] * 4, specs=[RunSpec.from_cfg(c) for c in configs], axes=["activation", "seed"])
     params = sweep_params(plan, plan.axes)
     assert params["sweep.axes"] == "activation seed"
     assert params["model.depth"] == "2" and params["init"] == "he" and params["optimizer.lr"] == configs[0].optimizer.lr.__str__()
