@@ -347,6 +347,14 @@ def _aggregate_log(frame: pd.DataFrame, by: list[str], value: str = "value", lev
 
 
 # --- (1) test accuracy against depth ------------------------------------------------------------------------
+def _by_architecture(part: pd.DataFrame, archs: Sequence[str]):
+    """Each architecture's aggregated rows of one panel, in depth order, with depth as floats (its x)."""
+    for arch in archs:
+        rows = part[part[ARCHITECTURE] == arch].sort_values("model.depth")
+        if not rows.empty:
+            yield arch, rows, rows["model.depth"].astype(float)
+
+
 def depth_accuracy(runs: pd.DataFrame, metric: str = "test_acc") -> Figure:
     """Mean ``metric`` over seeds against depth (log2 axis), one line per architecture, one panel per
     activation; the band is the 95% t-interval of the mean, cut to [0, 1]. Diverged runs count as
@@ -360,11 +368,7 @@ def depth_accuracy(runs: pd.DataFrame, metric: str = "test_acc") -> Figure:
     fig, axes = _figure(len(panels), panel_w=3.9)
     for ax, panel in zip(axes[0], panels):
         part = _panel(agg, panel)
-        for arch in archs:
-            rows = part[part[ARCHITECTURE] == arch].sort_values("model.depth")
-            if rows.empty:
-                continue
-            x = rows["model.depth"].astype(float)
+        for arch, rows, x in _by_architecture(part, archs):
             ax.plot(x, rows["mean"], marker="o", ms=4, lw=1.6, color=colors[arch], label=arch)
             ax.fill_between(x, rows["ci_low"].clip(0, 1), rows["ci_high"].clip(0, 1), color=colors[arch],
                             alpha=0.15, lw=0)
@@ -478,11 +482,7 @@ def jacobian_spread(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     fig, axes = _figure(len(panels), panel_w=3.9)
     for ax, panel in zip(axes[0], panels):
         part = _panel(agg, panel)
-        for arch in archs:
-            rows = part[part[ARCHITECTURE] == arch].sort_values("model.depth")
-            if rows.empty:
-                continue
-            x = rows["model.depth"].astype(float)
+        for arch, rows, x in _by_architecture(part, archs):
             ax.plot(x, rows["mean"], marker="o", ms=4, lw=1.6, color=colors[arch], label=arch)
             low = rows["ci_low"].clip(lower=0).where(rows["ci_low"] > 0, rows["mean"] / 10 if log else 0)
             ax.fill_between(x, low, rows["ci_high"], color=colors[arch], alpha=0.15, lw=0)
@@ -682,7 +682,6 @@ def depth_reading(study, metric: str = "test_acc") -> list[str]:
     theory = _cell_predictions(history, runs, "theory")
     measured = _cell_predictions(history, runs, "measured")
     n_cells = len(cells)
-    always = int(cells["trainable"].sum())
     if theory.empty:
         out.append(f"The theory was not recorded for this study (no theory/act_std or theory/grad_ratio at "
                    f"epoch 0 for any run), so it told nothing in advance: no cell can be scored against "
