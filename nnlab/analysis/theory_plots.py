@@ -166,8 +166,6 @@ def jacobian_spectrum(runs: pd.DataFrame, design: Design, n_inputs: int = 4) -> 
     """Histogram of the Jacobian's singular values at initialisation (log x axis), pooled over seeds,
     one panel per activation, one colour per configuration of the other factors (init and its
     sigma_w^2 = gain^2 or sigma_w^2); with depth as a factor, the deepest networks only."""
-    from .design import deepest
-
     columns = [c for c in design.factors if c in runs.columns]
     if "model.depth" in columns and runs["model.depth"].nunique() > 1:
         runs = runs[runs["model.depth"] == runs["model.depth"].max()]
