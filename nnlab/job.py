@@ -86,13 +86,17 @@ def init_diagnostics(spec: RunSpec, model, data) -> dict[str, float]:
 
     m = spec.model
     x_probe = np.asarray(data.x_train[: spec.train.probe_size], dtype=model.dtype)
+    # A net whose signal overflows at initialisation (relu, branch scale 1, depth 256) measures inf/NaN
+    # here and then fails in fit with one DivergenceError: no page of RuntimeWarnings on the console.
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        measured = preactivation_std(model, x_probe)
     # fixup, lsuv: scales set by the depth or the data; ntk, mup: per-layer scales the theory does not take yet
     if m["init"] not in INITIALIZERS or m["parametrization"] != "sp":
-        return preactivation_std(model, x_probe)  # no prediction for this network: theory/* absent
+        return measured  # no prediction for this network: theory/* absent
     prediction = theory.predict_network(model.sizes, m["activation"], m["init"], x_probe,
                                         activation_params=m["activation_params"], init_params=m["init_params"],
                                         **{k: m[k] for k in ("residual", "branch_scale", "branch_gate", "norm")})
-    return {**preactivation_std(model, x_probe), **theory.record(prediction)}
+    return {**measured, **theory.record(prediction)}
 
 
 @contextlib.contextmanager

@@ -112,6 +112,21 @@ def test_divergence_fails_the_run_with_its_epoch(make_cfg):
     assert "val_acc" in run.data.metrics  # epoch 0 was recorded before the failure
 
 
+def test_a_net_that_overflows_at_initialisation_fails_without_runtime_warnings(make_cfg):
+    """relu with branch scale 1 at depth 256: the signal overflows in the initial probe; one
+    DivergenceError, no numpy RuntimeWarning (a sweep of such nets would flood the console)."""
+    import warnings
+
+    cfg = make_cfg("model.residual=true", "model.branch_scale=1.0", "model.depth=256", "model.width=64",
+                   "optimizer=sgd", "optimizer.lr=0.01", "trainer.epochs=1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(nnlab.core.DivergenceError):
+            train(cfg)
+    (run,) = runs(make_cfg.client)
+    assert run.info.status == "FAILED" and run.data.tags["nnlab.failure"] == "diverged"
+
+
 def test_ctrl_c_mid_training_leaves_no_running_run(make_cfg, monkeypatch):
     real_fit = nnlab.core.fit
 
