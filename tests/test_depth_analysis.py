@@ -317,3 +317,42 @@ def test_log_aggregate_matches_stats_aggregate(study):
     for column in ("mean", "ci_low", "ci_high"):
         np.testing.assert_allclose(fast[column], ref[column], rtol=1e-12)
     assert fast["n"].tolist() == ref["n"].tolist()
+
+
+def lr_study() -> SimpleNamespace:
+    """The synthetic study at two rates: 0.01 as above and 0.001, where every net is 0.2 worse except plain
+    relu at depth 64, which trains there (0.75); residual α=1 relu beyond depth 4 diverges at both."""
+    base = make_study()
+    slow = base.raw_runs.copy()
+    slow["run_id"] = slow["run_id"] + "-slow"
+    slow["optimizer.lr"] = 0.001
+    deep_plain = (slow["activation"] == "relu") & slow["run_id"].str.startswith("plain-") & (slow["model.depth"] == 64)
+    slow["test_acc"] = np.where(deep_plain, 0.75, slow["test_acc"] - 0.2)
+    runs = pd.concat([base.raw_runs, slow], ignore_index=True)
+    runs["val_acc"] = runs["test_acc"]
+    history = pd.concat([base.history, base.history.assign(run_id=base.history["run_id"] + "-slow")],
+                        ignore_index=True)
+    return SimpleNamespace(runs=depth.with_architecture(runs), history=history, layers=None)
+
+
+def test_with_an_lr_axis_each_cell_is_read_at_its_best_validation_rate():
+    study = lr_study()
+    tuned = depth.at_tuned_lr(study.runs)
+    cell = lambda arch, act, d: tuned[(tuned["architecture"] == arch) & (tuned["activation"] == act)  # noqa: E731
+                                      & (tuned["model.depth"] == d)]
+    assert set(cell("plain", "relu", 64)["optimizer.lr"]) == {0.001}
+    assert set(cell("plain", "relu", 16)["optimizer.lr"]) == {0.01}
+    # diverged at every rate: kept (at the smallest rate), so the cell still counts, at chance
+    assert set(cell("residual α=1", "relu", 64)["optimizer.lr"]) == {0.001}
+    assert len(cell("residual α=1", "relu", 64)) == 3
+    assert len(tuned) == 90  # one rate per cell: 30 cells x 3 seeds
+    text = depth.depth_reading(study)
+    rates = next(s for s in text if s.startswith("Each cell is read at its best validation learning rate"))
+    assert "of 0.001, 0.01" in rates and "plain / relu 0.01, 0.01, 0.001;" in rates
+    trainable = next(s for s in text if s.startswith("Trainable = "))
+    assert "plain / relu: every depth tested, up to 64;" in trainable
+    assert "residual α=1 / relu: up to depth 4;" in trainable
+    # the figures draw one rate per cell: 3 seeds in the accuracy figure's band
+    fig = depth.depth_figures(study)["depth_accuracy.png"][1]()
+    assert "over 3 seeds" in fig.texts[0].get_text()
+    plt.close(fig)

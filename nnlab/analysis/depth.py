@@ -12,7 +12,9 @@ column, so a study reads as architecture x activation x depth, and draws what is
 * ``act_len_spread``: the spread of the activation length across inputs (``act_len_logvar``) at
   initialisation against depth / width, with its prediction where recorded;
 
-and ``depth_reading`` writes the deepest trainable depth per cell and how many cells a rule on the
+With an ``optimizer.lr`` axis every figure and sentence reads each cell (architecture x activation x depth)
+at its best validation rate (``at_tuned_lr``), and the reading says which rate each cell chose;
+``depth_reading`` writes the deepest trainable depth per cell and how many cells a rule on the
 theory's predictions gets right. The theory's names (``theory/*``) are drawn where the record has them
 and said to be absent where it has not: nothing here fails on a study without them.
 
@@ -37,6 +39,7 @@ from matplotlib.figure import Figure
 from .design import CONFIG, Design, infer_design, levels
 from .records import at_step
 from .stats import aggregate, varying_params
+from .width import LR, tuned_runs
 
 # --- what the study's figures read from the record (``load_history(metrics=...)`` patterns) -------------
 DEPTH_METRICS = ("act_std/layer_*", "grad_norm/layer_*", "branch_ratio/layer_*", "act_len_logvar",
@@ -158,6 +161,55 @@ def architectures(frame: pd.DataFrame) -> list[str]:
 
 def _labelled(runs: pd.DataFrame) -> pd.DataFrame:
     return runs if ARCHITECTURE in runs.columns else with_architecture(runs, drop=False)
+
+
+def _cell_keys(runs: pd.DataFrame) -> list[str]:
+    return [ARCHITECTURE] + (["activation"] if "activation" in runs.columns else []) + ["model.depth"]
+
+
+def at_tuned_lr(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs the depth figures and reading use. Without an ``optimizer.lr`` axis: every run. With
+    one, each cell (architecture, activation, depth) at its best validation rate, ``tuned_runs``; a cell
+    where every run at every rate failed (no validation accuracy anywhere) keeps its runs at the grid's
+    smallest rate, so it is still counted (at chance) instead of silently dropped. Adds ``tuned_lr``."""
+    runs = _labelled(runs)
+    if LR not in runs.columns or runs[LR].nunique() < 2:
+        return runs
+    keys = _cell_keys(runs)
+    tuned = tuned_runs(runs, "val_acc", LR, keys)
+    cell = lambda frame: pd.MultiIndex.from_frame(frame[keys].astype(str))  # noqa: E731
+    rest = runs[~cell(runs).isin(cell(tuned))]
+    rest = rest[rest[LR] == rest.groupby(keys, dropna=False)[LR].transform("min")]
+    rest = rest.assign(tuned_lr=rest[LR], lr_at_edge=True)
+    return pd.concat([tuned, rest], ignore_index=True)
+
+
+def tuned_lr_sentence(runs: pd.DataFrame) -> list[str]:
+    """With an lr axis, the rate each cell was read at (``at_tuned_lr``), per architecture / activation
+    from the shallowest to the deepest net, and how many cells sit at the grid's edge."""
+    runs = _labelled(runs)
+    if LR not in runs.columns or runs[LR].nunique() < 2:
+        return []
+    grid = sorted(runs[LR].dropna().unique())
+    tuned = at_tuned_lr(runs)
+    keys = _cell_keys(tuned)
+    cells = tuned.groupby(keys, dropna=False).agg(lr=("tuned_lr", "first"), edge=("lr_at_edge", "first"))
+    cells = cells.reset_index()
+    has_act = "activation" in cells.columns
+    per = []
+    for arch in architectures(cells):
+        for act in (levels(cells, "activation") if has_act else [None]):
+            rows = cells[(cells[ARCHITECTURE] == arch) & ((cells["activation"] == act) if has_act else True)]
+            if len(rows):
+                rows = rows.sort_values("model.depth")
+                rates = ", ".join(f"{r['lr']:g}" for _, r in rows.iterrows())
+                per.append(f"{arch}{f' / {act}' if act is not None else ''} {rates}")
+    low, high = cells["lr"] == grid[0], cells["lr"] == grid[-1]
+    return [f"Each cell is read at its best validation learning rate of {', '.join(f'{g:g}' for g in grid)} "
+            f"(mean val_acc over seeds; a rate where a seed diverged is not eligible if another ran clean). The "
+            f"rate chosen, depth {int(cells['model.depth'].min())} -> {int(cells['model.depth'].max())}: "
+            + "; ".join(per) + f". {int(low.sum())} of {len(cells)} cells chose the smallest rate and "
+            f"{int(high.sum())} the largest (the grid's edges)."]
 
 
 def _colors(names: Sequence[str]) -> dict[str, tuple]:
@@ -583,11 +635,13 @@ def depth_figures(study) -> dict[str, tuple[str, Callable[[], Figure]]]:
     """The depth study's figures for ``nnlab.report``: file name -> (caption, make); ``make()`` returns
     the Figure. ``study`` is report.py's ``Study`` (runs, history, ...). Figures whose metrics the record
     lacks (instruments switched off) are left out."""
-    runs, history = _labelled(study.runs), study.history
+    runs, history = at_tuned_lr(study.runs), study.history
     names = set(history["metric"].unique())
     out: dict[str, tuple[str, Callable[[], Figure]]] = {
         "depth_accuracy.png": (f"Test accuracy against depth per architecture (mean and 95% CI over seeds; "
-                               f"trainable = mean >= {TRAINABLE:g})", lambda: depth_accuracy(runs))}
+                               f"trainable = mean >= {TRAINABLE:g}"
+                               + ("; each cell at its best validation learning rate" if "tuned_lr" in runs else "")
+                               + ")", lambda: depth_accuracy(runs))}
     if any(n.startswith("act_std/layer_") for n in names):
         out["depth_signal_at_init.png"] = (
             "Signal (hidden-output std) and gradient (relative to the readout's) per layer at initialisation, "
@@ -659,7 +713,7 @@ def depth_reading(study, metric: str = "test_acc") -> list[str]:
     """Sentences from the depth study's record: the deepest trainable depth per architecture and
     activation, and how many cells a rule on the theory's predictions at initialisation tells in advance
     (beside the same rule on the measured initial signal and the trivial guess "always trainable")."""
-    runs, history = _labelled(study.runs), study.history
+    runs, history = at_tuned_lr(study.runs), study.history
     cells = trainable_cells(runs, metric)
     if cells.empty:
         return [f"No run of the depth study finished with a {metric}."]
@@ -673,6 +727,7 @@ def depth_reading(study, metric: str = "test_acc") -> list[str]:
             rows = cells[(cells[ARCHITECTURE] == arch) & ((cells["activation"] == act) if has_act else True)]
             if len(rows):
                 per.append(f"{arch}{f' / {act}' if act is not None else ''}: {_deepest_text(rows)}")
+    out += tuned_lr_sentence(study.runs)
     out.append(f"Trainable = mean {metric} >= {TRAINABLE:g} over seeds (diverged runs count as chance, "
                f"{CHANCE:g}); depths tested {', '.join(map(str, depths))}. Deepest trainable depth per "
                f"architecture / activation: " + "; ".join(per) + ".")
