@@ -189,6 +189,21 @@ def test_summary_table_and_markdown(runs):
     assert len(text.splitlines()) == len(table) + 2
 
 
+def test_summary_tables_write_config_values_as_they_are_and_statistics_to_3_decimals():
+    """A learning rate of 2^-11 is 0.000488281, not 0.000 (the lr_transfer report's table)."""
+    from nnlab.analysis.report import _table_html
+
+    runs = pd.DataFrame({"run_id": ["a", "b", "c", "d"], "optimizer.lr": [0.000488281, 0.000488281, 0.015625, 0.015625],
+                         "seed": [0, 1, 0, 1], "failed": False, "test_acc": [0.81234, 0.8, 0.9, 0.91],
+                         "best_val_acc": 0.8, "train_seconds": 1.23456})
+    table = summary_table(runs, ["optimizer.lr"])
+    md = to_markdown(table, exact=["optimizer.lr"]).splitlines()
+    assert md[2].startswith("| 0.015625 | 2 | 0 | 0.905 |") and md[3].startswith("| 0.000488281 | 2 | 0 | 0.806 |")
+    page = _table_html(table)
+    assert '<td class="num">0.000488281</td>' in page and '<td class="num">0.806</td>' in page
+    assert '<td class="num">1.235</td>' in page
+
+
 def test_reading_states_numbers_from_the_data(runs, history):
     runs2, design = infer_design(runs)
     text = "\n".join(reading(runs2, layer_frame(history), design))

@@ -34,7 +34,7 @@ from . import depth, instrument_plots, plots, theory_plots, width  # noqa: E402
 from .design import Design, infer_design  # noqa: E402
 from .reading import reading  # noqa: E402
 from .records import AnalysisError, check_metrics, connect, layer_frame, load_history, load_runs  # noqa: E402
-from .stats import summary_table, to_markdown  # noqa: E402
+from .stats import config_columns, format_cell, summary_table, to_markdown  # noqa: E402
 
 CURVE_METRICS = ("train_loss", "val_loss")
 ACC_CURVE_METRICS = ("train_acc", "val_acc")
@@ -256,7 +256,7 @@ def index_markdown(study: Study, metric: str = "test_acc", parts: Page | None = 
     if parts.edge:
         lines += ["", "### Edge of stability", "", EDGE_INTRO, ""]
         lines += [f"- {s}" for s in parts.edge]
-    lines += ["", "## Summary", "", to_markdown(parts.summary), "", "## Figures", ""]
+    lines += ["", "## Summary", "", to_markdown(parts.summary, exact=config_columns(parts.summary)), "", "## Figures", ""]
     for name, caption in parts.figures.items():
         lines += [f"### {caption}", "", f"![{caption}]({name})", ""]
     return "\n".join(lines)
@@ -284,15 +284,16 @@ nav a { margin-right: 1em; }
 
 
 def _table_html(frame: pd.DataFrame) -> str:
-    """The summary table: numbers right-aligned to 3 decimals, missing values blank."""
+    """The summary table: statistics right-aligned to 3 decimals, config values as they are, missing
+    values blank."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    exact = [c in config_columns(frame) for c in frame.columns]
     rows = []
     for row in frame.itertuples(index=False):
         cells = []
-        for v in row:
+        for v, e in zip(row, exact):
             if isinstance(v, (float, int)) and not isinstance(v, bool):
-                text = "" if pd.isna(v) else (f"{v:.3f}" if isinstance(v, float) else str(v))
-                cells.append(f'<td class="num">{text}</td>')
+                cells.append(f'<td class="num">{html.escape(format_cell(v, exact=e))}</td>')
             else:
                 cells.append(f"<td>{html.escape(str(v))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")

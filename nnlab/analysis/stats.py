@@ -176,12 +176,25 @@ def summary_table(runs: pd.DataFrame, by: Sequence[str], metric: str = "test_acc
     return out.sort_values(f"{metric} mean", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
 
 
-def to_markdown(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A GitHub Markdown table of ``frame`` (no extra dependency)."""
-    def cell(v: object) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "" if np.isnan(v) else format(v, floatfmt)
-        return str(v).replace("|", "\\|")
+def format_cell(v: object, floatfmt: str = ".3f", exact: bool = False) -> str:
+    """One table cell: a statistic to ``floatfmt``; with ``exact`` (a config value such as a learning
+    rate of 0.000488) as written (``g``, 6 significant digits); missing = blank."""
+    if isinstance(v, (float, np.floating)):
+        return "" if np.isnan(v) else format(v, "g" if exact else floatfmt)
+    return "" if v is pd.NA else str(v)
+
+
+def config_columns(frame: pd.DataFrame) -> list[str]:
+    """The summary table's configuration columns: those before ``runs`` (``summary_table``'s layout)."""
+    columns = list(frame.columns)
+    return columns[:columns.index("runs")] if "runs" in columns else []
+
+
+def to_markdown(frame: pd.DataFrame, floatfmt: str = ".3f", exact: Sequence[str] = ()) -> str:
+    """A GitHub Markdown table of ``frame`` (no extra dependency); the ``exact`` columns (config values)
+    are written as they are, the rest to ``floatfmt``."""
+    flags = [c in exact for c in frame.columns]
     lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    lines += ["| " + " | ".join(format_cell(v, floatfmt, e).replace("|", "\\|") for v, e in zip(row, flags)) + " |"
+              for row in frame.itertuples(index=False)]
     return "\n".join(lines)
