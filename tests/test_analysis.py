@@ -212,6 +212,16 @@ def test_reading_states_numbers_from_the_data(runs, history):
     assert "random / relu 0.001" in text  # layer-1 / output gradient ratio 0.1**3 at init
 
 
+def test_reading_counts_every_run_and_reads_the_chosen_ones(runs, history):
+    """``read=``: the overview still counts the whole study; the per-configuration sentences read only the
+    runs passed (the depth study passes each cell at its tuned rate)."""
+    runs2, design = infer_design(runs)
+    chosen = runs2[~((runs2["init"] == "he") & (runs2["activation"] == "relu") & (runs2["model.depth"] == 1))]
+    text = "\n".join(reading(runs2, layer_frame(history), design, read=chosen))
+    assert "24 runs: 8 configurations x 3 seeds; 1 failed (1 diverged)" in text
+    assert "Best configuration: **he / relu / depth 1**" not in text and "Best configuration: **" in text
+
+
 def test_parse_param():
     assert [parse_param(v) for v in ("3", "0.5", "True", "None", "he", "[32, 20]", None)] == \
         [3, 0.5, True, None, "he", "[32, 20]", None]

@@ -132,8 +132,11 @@ def saturation(layers: pd.DataFrame, runs: pd.DataFrame, design: Design) -> list
     return out
 
 
-def reading(runs: pd.DataFrame, layers: pd.DataFrame, design: Design, metric: str = "test_acc") -> list[str]:
-    """The whole reading as a list of Markdown sentences."""
-    ok = runs[~runs["failed"]]
-    return [overview(runs, design), *best_and_worst(runs, design, metric), *by_depth(runs, design, metric),
+def reading(runs: pd.DataFrame, layers: pd.DataFrame, design: Design, metric: str = "test_acc",
+            read: pd.DataFrame | None = None) -> list[str]:
+    """The whole reading as a list of Markdown sentences: the overview counts ``runs``; the sentences per
+    configuration read ``read`` (default ``runs``; the depth study passes each cell at its tuned rate)."""
+    read = runs if read is None else read
+    ok = read[~read["failed"]]
+    return [overview(runs, design), *best_and_worst(read, design, metric), *by_depth(read, design, metric),
             *gradient_flow(layers, ok, design), *saturation(layers, ok, design)]

@@ -228,12 +228,15 @@ EDGE_INTRO = ("At the edge, sharpness·lr/2 = 1: gradient descent's step would o
 
 def page(study: Study, metric: str = "test_acc") -> Page:
     """What the report says about ``study``: every number computed from the record."""
-    sentences = list(reading(study.runs, study.layers, study.design, metric))
+    # a depth study with an lr axis is read per cell at its best validation rate (depth.at_tuned_lr): the
+    # same initial nets at three rates would otherwise be listed three times in every sentence
+    runs = depth.at_tuned_lr(study.runs) if depth.is_depth_study(study.runs) else study.runs
+    sentences = list(reading(study.runs, study.layers, study.design, metric, read=runs))
     if theory_plots.has_theory(study.history):
-        ok = study.runs[~study.runs["failed"]]
+        ok = runs[~runs["failed"]]
         sentences += theory_plots.theory_reading(study.history, ok, study.design)
         if is_trainability_grid(study.runs):
-            sentences += theory_plots.trainability_reading(study.runs, metric)
+            sentences += theory_plots.trainability_reading(runs, metric)
     if depth.is_depth_study(study.runs):
         sentences += depth.depth_reading(study, metric)
     sentences += width.report_reading(study)
