@@ -204,3 +204,48 @@ def test_a_signal_during_the_closing_flush_of_a_finished_run_keeps_it_finished_a
     assert stored.info.status == "FINISHED"  # its training ended before the signal; nothing was lost
     assert "nnlab.failure" not in stored.data.tags
     assert run.spooled is None
+
+
+_FIRST_OPEN = """
+import gc, json, sys
+from nnlab.record import store
+{before}
+full = []
+gc.callbacks.append(lambda phase, info: full.append(1) if phase == "start" and info["generation"] == 2 else None)
+error = None
+try:
+    store.Tracker(sys.argv[1])
+except store.StoreUnavailable as err:
+    error = str(err)
+print(json.dumps({{"full": len(full), "enabled": gc.isenabled(), "frozen": gc.get_freeze_count(), "error": error}}))
+"""
+
+
+@pytest.mark.parametrize("case", ["first-import", "mlflow-imported-already", "store-unusable"])
+def test_the_first_import_of_mlflow_runs_without_garbage_collection_then_freezes_what_it_left(tmp_path, case):
+    """A command imports MLflow and its store once, leaving ~300k objects that are never garbage:
+    no full collection walks them during the import, and they are frozen out of later ones. Only
+    there: a process that imported MLflow before (a session, a notebook) is left as it was, and a
+    store that fails to open leaves the collector running and nothing frozen."""
+    import json
+    import subprocess
+    import sys
+
+    db = tmp_path / "mlflow.db"
+    if case == "store-unusable":
+        db.write_bytes(b"not a sqlite database, " * 100)
+    before = "import mlflow" if case == "mlflow-imported-already" else ""
+    out = subprocess.run([sys.executable, "-c", _FIRST_OPEN.format(before=before), f"sqlite:///{db}"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["enabled"] is True
+    if case == "first-import":
+        assert seen["error"] is None
+        assert seen["full"] == 0
+        assert seen["frozen"] > 100_000  # MLflow, SQLAlchemy, alembic, pydantic, pandas, ...
+    elif case == "mlflow-imported-already":
+        assert seen["error"] is None
+        assert seen["full"] > 0 and seen["frozen"] == 0  # the store's modules, imported now, as before
+    else:
+        assert seen["error"] is not None and seen["frozen"] == 0

@@ -643,13 +643,36 @@ def _check_sqlite(uri: str) -> None:
         raise StoreUnavailable(uri, f"{path if path.exists() else path.parent} is not writable")
 
 
+@contextlib.contextmanager
+def _collector_paused_for_first_import() -> Iterator[None]:
+    """MLflow's first import in this process (with its store's modules: SQLAlchemy, alembic, the ORM
+    models), with the cyclic garbage collector paused, then what start-up left alive frozen out of
+    later collections (``gc.freeze``, as ``nnlab._cli.freeze_startup_heap`` does at a job's start).
+
+    Why: the import leaves ~300k objects alive that are never garbage, and as the heap grows by a
+    quarter CPython walks all of it again: five full collections and ~700 young ones inside the
+    import, about 0.5 s of a one-epoch command's 2.3 s CPU (docs/speed.md, start-up). Once per
+    process: when MLflow is imported already (a later client, a test session) nothing changes."""
+    import gc
+
+    if "mlflow" in sys.modules or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+        gc.freeze()  # module-level objects: never garbage; cycles made later are still collected
+    finally:
+        gc.enable()
+
+
 @functools.lru_cache(maxsize=8)
 def _client(uri: str) -> Any:
     # one client per store and process: creating one costs ~50 ms (store set-up, schema check),
     # which an in-process sweep would otherwise pay for every job
-    from mlflow import MlflowClient
+    with _schema_lock(uri), _collector_paused_for_first_import():
+        from mlflow import MlflowClient
 
-    with _schema_lock(uri):
         client = MlflowClient(tracking_uri=uri)
         if sqlite_path(uri) is not None:
             client.search_experiments(max_results=1)  # the schema exists before the lock is released
