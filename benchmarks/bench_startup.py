@@ -23,8 +23,10 @@ interleaved, medians; CPU and wall each:
   that make up a command (Hydra's composition, the spec, the data, the store, the experiment, the run's
   creation and writes, the dataset digests, the epoch, the artifacts). Time is exclusive: a phase inside
   another counts once. Imports done during the command are counted apart, by package (scikit-learn and
-  SciPy; MLflow, SQLAlchemy and alembic), as is the time from ``cli()``'s end to the process's end
-  (process exit). "the rest of the command" is what no timer covers: Hydra's own run, nnlab's glue.
+  SciPy; ``mlflow`` itself, with all its ``__init__`` imports, where the command first imports it; then
+  the store's modules: the rest of MLflow, SQLAlchemy and alembic), as are the garbage collector's passes
+  (``gc.callbacks``) and the time from ``cli()``'s end to the process's end (process exit). "the rest of
+  the command" is what no timer covers: Hydra's own run, nnlab's glue.
 """
 from __future__ import annotations
 
@@ -62,7 +64,7 @@ def timed(argv: list[str], cwd: Path, env: dict[str, str]) -> tuple[float, float
 
 # --- the probe: nnlab.run.cli() in-process, with exclusive timers ------------------------------------
 PROBE = textwrap.dedent(r'''
-    import json, os, resource, sys, time
+    import gc, json, os, resource, sys, time
     t_start, c_start = time.time(), time.process_time()
     import importlib, importlib._bootstrap as boot
 
@@ -81,14 +83,17 @@ PROBE = textwrap.dedent(r'''
             stack[-1][3] += w
             stack[-1][4] += c
 
-    FAMILIES = {"sklearn": "scikit-learn's imports (+ SciPy's)", "scipy": "scikit-learn's imports (+ SciPy's)",
-                "mlflow": "MLflow's imports (store modules)", "sqlalchemy": "MLflow's imports (store modules)",
-                "alembic": "MLflow's imports (store modules)"}
+    SKLEARN, MLFLOW, STORE = ("scikit-learn's imports (+ SciPy's)", "import mlflow (its __init__, all it imports)",
+                              "MLflow's imports (store modules)")
+    FAMILIES = {"sklearn": SKLEARN, "scipy": SKLEARN, "mlflow": STORE, "sqlalchemy": STORE, "alembic": STORE}
     original_find_and_load = boot._find_and_load
 
     def find_and_load(name, import_):
         family = FAMILIES.get(name.partition(".")[0]) if name not in sys.modules else None
-        if family is None or any(frame[0] == family for frame in stack):
+        if name == "mlflow" and family:
+            family = MLFLOW  # the package, wherever the command first imports it from
+        # an import inside another family's counts as that one's (SciPy imported by MLflow: MLflow's)
+        if family is None or any(frame[0] in (SKLEARN, MLFLOW, STORE) for frame in stack):
             return original_find_and_load(name, import_)
         push(family)
         try:
@@ -119,8 +124,14 @@ PROBE = textwrap.dedent(r'''
         exec(statement, {})
         pop()
 
+    def collecting(phase, info):  # the cyclic garbage collector's passes, wherever they fall
+        if phase == "start":
+            push("garbage collection (gc passes)")
+        elif stack and stack[-1][0] == "garbage collection (gc passes)":
+            pop()
+
+    gc.callbacks.append(collecting)
     step("import nnlab.run (Hydra + nnlab)", "import nnlab.run")
-    step("import mlflow", "import mlflow")
     boot._find_and_load = find_and_load
     import hydra._internal.hydra as hh
     import nnlab.core, nnlab.job, nnlab.record.store as store, nnlab.run, nnlab.spec
@@ -149,6 +160,7 @@ PROBE = textwrap.dedent(r'''
     finally:
         pop()
     boot._find_and_load = original_find_and_load
+    gc.callbacks.remove(collecting)
     report = {"totals": totals, "counts": counts, "t_start": t_start, "cpu_at_start": c_start,
               "t_end": time.time(), "cpu_at_end": time.process_time()}
     sys.stdout.write("\nPROBE " + json.dumps(report) + "\n")
@@ -278,7 +290,8 @@ def breakdown(repos: list[Repo], rounds: int) -> None:
             cells += [f"{w:.2f}", f"{c:.2f}"]
         print(f"| {label} | " + " | ".join(cells) + " |")
     names = list(dict.fromkeys(k for rows in probed.values() for p in rows for k in p))
-    order = ["interpreter start (to the probe's first line)", "import nnlab.run (Hydra + nnlab)", "import mlflow"]
+    order = ["interpreter start (to the probe's first line)", "import nnlab.run (Hydra + nnlab)",
+             "import mlflow (its __init__, all it imports)"]
     tail = ["the rest of the command (Hydra's run, nnlab's glue)", "process exit (after cli() returned)", "whole command"]
     names = order + [n for n in names if n not in order + tail] + tail
     print(f"\nOne command, probed in-process (existing store), median of {rounds} per phase (exclusive):\n")
