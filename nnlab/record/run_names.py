@@ -21,10 +21,15 @@ def distinct_run_name(tracker: Any, experiment: str, name: str, fingerprint: str
     experiment. Offline (no store to ask) or when the store cannot answer: ``name``."""
     if getattr(tracker, "offline", False):
         return name
-    quoted = name.replace("'", "\\'")
+    same_name = "attributes.run_name = '{}'".format(name.replace("'", "\\'"))
+    tag = f"tags.`{fingerprint_tag}`"
     try:
-        taken = tracker.search(tracker.experiment_id(experiment), f"attributes.run_name = '{quoted}'")
+        experiment_id = tracker.experiment_id(experiment)
+        # at most one run each (another fingerprint; none): not every run of that name with all its
+        # params, metrics and tags, which cost a command ~1 ms per earlier run of the same name
+        # (0.09 s CPU for a name run 100 times before)
+        taken = (tracker.search(experiment_id, f"{same_name} and {tag} != '{fingerprint}'", max_results=1)
+                 or tracker.search(experiment_id, f"{same_name} and {tag} IS NULL", max_results=1))
     except Exception:  # a name is not worth failing a run for; the store's own errors come later
         return name
-    others = {r.data.tags.get(fingerprint_tag) for r in taken} - {fingerprint}
-    return f"{name}-{fingerprint[:SUFFIX_HEX]}" if others else name
+    return f"{name}-{fingerprint[:SUFFIX_HEX]}" if taken else name
