@@ -8,6 +8,8 @@ Each ``--repo`` (``label=path``, default: this checkout) is a checkout of nnlab;
 * **existing store**: ``./mlflow.db`` and its experiment are created by one untimed command first, so
   the timed commands find a store, an experiment and nnlab's per-user cache (``NNLAB_CACHE_DIR``, a
   temporary folder of the benchmark's) as a user's second command does;
+  With ``--earlier-runs N`` that store also holds N copies of the first run (its name, tags, params and
+  metrics), as after running the same configuration N times;
 * **new store**: each round in a fresh folder (the schema is created), the per-user cache kept.
 
 Rounds are interleaved (repo A, repo B, repo A, ...) so both see the same load. Reported: the median
@@ -20,13 +22,13 @@ interleaved, medians; CPU and wall each:
 * interpreter start (``python -c pass``), and standalone ``import mlflow`` / ``import nnlab.run``
   (Hydra + nnlab) / scikit-learn's data imports, each in a fresh process, less the interpreter's start;
 * then a probe process runs ``nnlab.run.cli()`` in-process with timers wrapped around the functions
-  that make up a command (Hydra's composition, the spec, the data, the store, the experiment, the run's
-  creation and writes, the dataset digests, the epoch, the artifacts). Time is exclusive: a phase inside
-  another counts once. Imports done during the command are counted apart, by package (scikit-learn and
-  SciPy; ``mlflow`` itself, with all its ``__init__`` imports, where the command first imports it; then
-  the store's modules: the rest of MLflow, SQLAlchemy and alembic), as are the garbage collector's passes
-  (``gc.callbacks``) and the time from ``cli()``'s end to the process's end (process exit). "the rest of
-  the command" is what no timer covers: Hydra's own run, nnlab's glue.
+  that make up a command (Hydra's composition, the spec, the data, the store, the experiment, the run
+  name's check, the run's creation and writes, the dataset digests, the epoch, the artifacts). Time is
+  exclusive: a phase inside another counts once. Imports done during the command are counted apart, by
+  package (scikit-learn and SciPy; ``mlflow`` itself, with all its ``__init__`` imports, where the command
+  first imports it; then the store's modules: the rest of MLflow, SQLAlchemy and alembic), as are the
+  garbage collector's passes (``gc.callbacks``) and the time from ``cli()``'s end to the process's end
+  (process exit). "the rest of the command" is what no timer covers: Hydra's own run, nnlab's glue.
 """
 from __future__ import annotations
 
@@ -135,6 +137,7 @@ PROBE = textwrap.dedent(r'''
     boot._find_and_load = find_and_load
     import hydra._internal.hydra as hh
     import nnlab.core, nnlab.job, nnlab.record.store as store, nnlab.run, nnlab.spec
+    import nnlab.record.run_names as run_names
     wrap(hh.Hydra, "compose_config", "Hydra's composition")
     wrap(nnlab.spec.RunSpec, "from_cfg", "the spec (RunSpec.from_cfg)")
     wrap(nnlab.job, "load_data", "data load")
@@ -142,6 +145,7 @@ PROBE = textwrap.dedent(r'''
     wrap(nnlab.job, "init_diagnostics", "epoch 0's theory")
     wrap(store.Tracker, "__init__", "store open (MlflowClient, schema check)")
     wrap(store.Tracker, "experiment_id", "experiment lookup")
+    wrap(run_names, "distinct_run_name", "run name check (search_runs)")
     wrap(store.Tracker, "start_run", "run creation")
     wrap(store, "git_tags", "git commit tags")
     wrap(store.RunLogger, "flush", "run writes (log_batch, inputs, status)")
@@ -186,8 +190,25 @@ def probe(python: str, cwd: Path, env: dict[str, str]) -> dict[str, tuple[float,
 
 
 # --- a repo under test ---------------------------------------------------------------------------------
+# the existing store's one run, copied (its name, tags, params and metrics): the runs a user's store holds
+# after running the same configuration again and again
+COPY_RUN = textwrap.dedent(r'''
+    import sys, time
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param, RunTag
+    client = MlflowClient("sqlite:///mlflow.db")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    now = int(time.time() * 1000)
+    for _ in range(int(sys.argv[1])):
+        copy = client.create_run(run.info.experiment_id, run_name=run.info.run_name, tags=run.data.tags)
+        client.log_batch(copy.info.run_id, params=[Param(k, v) for k, v in run.data.params.items()],
+                         metrics=[Metric(k, v, now, 0) for k, v in run.data.metrics.items()])
+        client.set_terminated(copy.info.run_id)
+''')
+
+
 class Repo:
-    def __init__(self, label: str, path: Path, python: str, root: Path):
+    def __init__(self, label: str, path: Path, python: str, root: Path, earlier_runs: int = 0):
         self.label, self.path, self.python = label, path, python
         self.root = root / label
         self.root.mkdir()
@@ -196,6 +217,8 @@ class Repo:
         self.existing = self.root / "existing"
         self.existing.mkdir()
         timed([python, *COMMAND], self.existing, self.env)  # the store, its experiment, the cache: untimed
+        if earlier_runs:
+            timed([python, "-c", COPY_RUN, str(earlier_runs)], self.existing, self.env)
         self.fresh = 0
 
     def new_store(self) -> Path:
@@ -228,18 +251,22 @@ def main() -> None:
     parser.add_argument("--repo", action="append", metavar="LABEL=PATH",
                         help=f"a checkout of nnlab to time (repeatable); default: this one ({HERE})")
     parser.add_argument("--no-breakdown", dest="breakdown", action="store_false")
+    parser.add_argument("--earlier-runs", type=int, default=0, metavar="N",
+                        help="the existing store starts with N more runs of the command's configuration "
+                             "(copies of its first run), as after running it N times before")
     args = parser.parse_args()
     specs = [r.split("=", 1) for r in (args.repo or [f"this={HERE}"])]
     root = Path(tempfile.mkdtemp(prefix="nnlab-bench-startup-"))
     try:
-        repos = [Repo(label, Path(path).resolve(), args.python, root) for label, path in specs]
+        repos = [Repo(label, Path(path).resolve(), args.python, root, args.earlier_runs) for label, path in specs]
         times: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
             for store in ("existing", "new"):
                 for repo in repos:
                     times.setdefault((repo.label, store), []).append(repo.run(store))
         load = os.getloadavg()
-        print(f"`python -m nnlab.run trainer.epochs=1`, median of {args.rounds}, rounds interleaved "
+        earlier = f", existing store with {args.earlier_runs} earlier runs of it" if args.earlier_runs else ""
+        print(f"`python -m nnlab.run trainer.epochs=1`{earlier}, median of {args.rounds}, rounds interleaved "
               f"(load average at the end {load[0]:.1f} on {os.cpu_count()} cores)\n")
         print("| store | " + " | ".join(f"{r.label}: wall s | {r.label}: CPU s" for r in repos) + " |")
         print("|---|" + "---:|---:|" * len(repos))
