@@ -26,8 +26,8 @@ def distinct_run_name(tracker: Any, experiment: str, name: str, fingerprint: str
     try:
         experiment_id = tracker.experiment_id(experiment)
         # at most one run each (another fingerprint; none): not every run of that name with all its
-        # params, metrics and tags, which cost a command ~1 ms per earlier run of the same name
-        # (0.09 s CPU for a name run 100 times before)
+        # params, metrics and tags: with 100 earlier runs of the name that took a one-epoch command from
+        # 2.05 to 2.71 s CPU; now 1.70 and 1.74 s (docs/speed.md, start-up)
         taken = (tracker.search(experiment_id, f"{same_name} and {tag} != '{fingerprint}'", max_results=1)
                  or tracker.search(experiment_id, f"{same_name} and {tag} IS NULL", max_results=1))
     except Exception:  # a name is not worth failing a run for; the store's own errors come later
