@@ -28,7 +28,7 @@ def layernorm(h, eps=1e-5):
 
 def layernorm_backward(dx_hat, x_hat, inv):
     """d/dh of LN given d/dx_hat (the same formula is LN's Jacobian, symmetric, for tangents)."""
-    return inv * (dx_hat - dx_hat.mean(axis=1, keepdims=True) - x_hat * (dx_hat * x_hat).mean(axis=1, keepdims=True))
+    return inv * (dx_hat - dx_hat.mean(axis=-1, keepdims=True) - x_hat * (dx_hat * x_hat).mean(axis=-1, keepdims=True))
 
 
 def simulate(activation, sizes, sigma_w2, sigma_b2, x, rng, *, residual, alpha, norm, n_tangents=1):
@@ -198,3 +198,15 @@ def test_layernorm_fixes_q_and_plain_homogeneous_nets_need_no_h_direction():
     a_sq = np.concatenate([[1.0], np.cumprod(sw2[:3] / 2)])
     want = np.sqrt(n[:-1] * a_sq * n[1:] * dz / (n[-2] * a_sq[-1] * n[-1]))
     np.testing.assert_allclose(plain.grad_ratio, want, rtol=1e-10)
+
+
+def test_simulated_layernorm_jacobian_matches_finite_differences():
+    """The simulation's LayerNorm Jacobian for a batch of tangents (n_tangents, N, n): its means are over
+    units (an earlier version took them over the batch axis and measured a wrong Jacobian msv)."""
+    rng = np.random.default_rng(0)
+    h, t = rng.normal(1.0, 2.0, (5, 32)), rng.normal(size=(3, 5, 32))
+    x_hat, inv = layernorm(h)
+    eps = 1e-6
+    fd = np.stack([(layernorm(h + eps * v)[0] - layernorm(h - eps * v)[0]) / (2 * eps) for v in t])
+    np.testing.assert_allclose(layernorm_backward(t, x_hat, inv), fd, atol=1e-7)
+    np.testing.assert_allclose(layernorm_backward(t[0], x_hat, inv), fd[0], atol=1e-7)
