@@ -17,9 +17,20 @@ deviation (not the root mean square) is what the mean E[h] changes.
 
 Per layer the growth of a small perturbation's mean square (per unit), chi_l, is
 sigma_w^2 E[phi'(z)^2] (/ sd_{l-1}^2 after LayerNorm), and 1 + alpha^2 times that for a residual
-layer (the skip and the branch are uncorrelated at initialisation). Backwards, the per-unit mean
-square of dLoss/dh_{l-1} is (n_l / n_{l-1}) chi_l times that of dLoss/dh_l, and the input-output
-Jacobian d h_L / d x has mean squared singular value n_L / min(n_0, n_L) prod_l chi_l.
+layer (the skip and the branch are uncorrelated at initialisation). In the mean field the per-unit
+mean square of dLoss/dh_{l-1} is (n_l / n_{l-1}) chi_l times that of dLoss/dh_l, and the input-output
+Jacobian d h_L / d x has mean squared singular value n_L / min(n_0, n_L) prod_l chi_l: nnlab's
+prediction for plain nets and residual nets with LayerNorm. Two finite-width terms that depth
+amplifies are added (docs/theory.md):
+
+- residual nets without norm: a tangent's (or gradient's) components along the stream h and its
+  mean direction 1 grow faster than chi when the units' slope rises with z (relu, gelu, elu, relu
+  with a bias: the stream gains a mean), through the skip-branch cross term the mean field sets to 0;
+  they are tracked beside its length, to first order in 1/n (_stream_transition);
+- plain nets with LayerNorm: each LayerNorm multiplies chi by 1 + beta / n (E[1 / sd^2] > 1 / E[sd^2]
+  over n units, less the two directions LN removes).
+
+``chi`` (and ``theory/chi``) stays the mean field's; ``grad_ratio`` and ``jacobian_msv`` include both.
 """
 from __future__ import annotations
 
@@ -122,7 +133,8 @@ def predict(activation: Activation | str, sizes: Sequence[int], sigma_w2: Sequen
     * n_l E[(dLoss/dz^l)^2], with dLoss/dz^l = alpha_l phi'(z^l) dLoss/dh^l in a residual layer;
     ``grad_ratio`` is its square root relative to the output layer's (whose pre-activation
     gradient is the loss's, which the theory leaves free). The Dense weights only: with a gate at 0
-    a branch's weight gradient, and so its ratio, is 0.
+    a branch's weight gradient, and so its ratio, is 0. ``grad_ratio`` and ``jacobian_msv`` include
+    the finite-width terms of the module's docstring (the stream's mean direction; LayerNorm's factor).
     """
     act = get_activation(activation)
     sizes = [int(s) for s in sizes]
@@ -141,60 +153,153 @@ def predict(activation: Activation | str, sizes: Sequence[int], sigma_w2: Sequen
     # lengths differ (digits) do not share one q, which matters for a nonlinear phi and for E[h]
     x_sq = np.atleast_1d(np.asarray(input_second_moment, dtype=np.float64))  # (K,)
     k = len(x_sq)
-    q, mean, second, chis, dsq, in_sq, kappa = (np.empty((k, depth)) for _ in range(7))
+    n = np.asarray(sizes, dtype=np.float64)
+    q, mean, second, chis, dsq, in_sq = (np.empty((k, depth)) for _ in range(6))
     gain = np.empty(depth)
+    # Residual nets without norm: a tangent's components along h and 1 are tracked beside its length,
+    # as [N, P, Q, R] (see _stream_transition); transition[:, l] maps them from h^{l-1} to h^l (identity
+    # for layer 1), start[:, l] is the ensemble phi'(z^l) e, e ~ N(0, I), at h^l (dLoss/dz^l's), and
+    # tangent_in J_1 v at h^1 for an isotropic input tangent v.
+    stream = residual and norm is None
+    transition = np.tile(np.eye(4), (k, depth, 1, 1))
+    start, tangent_in = np.empty((k, depth, 4)), None
+    plain_ln = not residual and norm == "layernorm"
+    ln_factor = np.ones((k, depth))  # plain nets with LayerNorm: its finite-width factor on chi (below)
     h_mean, h_sq = np.zeros(k), x_sq.copy()  # E[x] is not needed: layer 1 has neither skip nor norm
     for l in range(depth):
         normed = norm == "layernorm" and l > 0
         in_sq[:, l] = 1.0 if normed else h_sq  # E[x_l^2]
-        q[:, l] = sw2[l] * in_sq[:, l] + sigma_b2
-        u = np.sqrt(np.maximum(q[:, l], Q_MIN))[:, None] * _Z  # (K, nodes): phi and phi' once per layer
-        f = act(u)
-        d2 = np.square(act.backward(u, f, np.ones_like(u)))
-        m, s, dsq[:, l] = f @ _W, (f * f) @ _W, d2 @ _W
-        d2p, d2p2 = (d2 * f) @ _W, (d2 * f * f) @ _W  # E[phi'^2 phi], E[phi'^2 phi^2]
+        q_w = sw2[l] * in_sq[:, l]
+        q[:, l] = q_w + sigma_b2
+        mo = _moments(act, q[:, l], q_w, stream=stream, ln_beta=plain_ln)
+        dsq[:, l] = mo["d2"]
         branch_chi = sw2[l] * dsq[:, l]
         if normed:
             branch_chi = branch_chi / np.maximum(h_sq - h_mean**2, Q_MIN)  # LN divides by the sample's std
+        if plain_ln and l + 1 < depth:  # layer l + 1 normalises this layer's n_l units
+            ln_factor[:, l + 1] = 1.0 + mo["ln_beta"] / n[l + 1]
         if np.isnan(alpha[l]):
-            kappa[:, l] = d2p2
-            h_mean, h_sq, chis[:, l], gain[l] = m, s, branch_chi, 1.0
+            a, new_mean, new_sq = 1.0, mo["m"], mo["s"]
+            d2h, d2h2 = mo["d2p"], mo["d2p2"]  # E[phi'(z)^2 h], E[phi'(z)^2 h^2] for h = phi(z)
+            chis[:, l], gain[l] = branch_chi, 1.0
         else:
             a = alpha[l]
-            kappa[:, l] = h_sq * dsq[:, l] + 2 * a * h_mean * d2p + a * a * d2p2  # E[phi'(z)^2 h^2], h the sum
-            h_mean, h_sq = h_mean + a * m, h_sq + 2 * a * h_mean * m + a * a * s
+            new_mean, new_sq = h_mean + a * mo["m"], h_sq + 2 * a * h_mean * mo["m"] + a * a * mo["s"]
+            d2h = h_mean * mo["d2"] + a * mo["d2p"]  # the same for the sum h = h_prev + a phi(z)
+            d2h2 = h_sq * mo["d2"] + 2 * a * h_mean * mo["d2p"] + a * a * mo["d2p2"]
+            if stream:
+                transition[:, l] = _stream_transition(mo, a, sw2[l], n[l + 1], h_mean, h_sq, new_sq)
             chis[:, l], gain[l] = 1.0 + a * a * branch_chi, a
+        if stream:
+            start[:, l] = np.stack([n[l + 1] * mo["d2"], d2h2 / _pos(new_sq), mo["d2"], d2h / np.sqrt(_pos(new_sq))],
+                                   axis=1)
+            if l == 0:
+                tangent_in = _input_tangent(mo, sw2[0], n[0], n[1])
+        h_mean, h_sq = new_mean, new_sq
         mean[:, l], second[:, l] = h_mean, h_sq
-    n = np.asarray(sizes, dtype=np.float64)
-    hidden = n[1:-1]
-    # Backward: ||dLoss/dh^l||^2 = G_L tr(J J^T) for J = d h^L / d h^l and an isotropic dLoss/dh^L of
-    # per-unit mean square G_L (the readout's dLoss/dz per unit = 1). A generic direction of h^l
-    # grows by prod_{k>l} chi_k; a positively homogeneous net without bias or norm has one
-    # direction more, h^l itself, with J h^l = h^L exactly, which grows as E[(h^L)^2] / E[(h^l)^2]:
-    # in a residual relu net faster than chi (the skip-branch cross term), by (3/2)^l at alpha = 1.
-    # (In a plain net that direction grows like any other and its share is 1/n: left out, as the mean
-    # field leaves out every 1/n.)
-    homogeneous = residual and act.name in ("relu", "leaky_relu", "identity") and sigma_b2 == 0 and norm is None
     g_last = n[-1] * sw2[-1] / n[-2]
-    after = np.concatenate([np.cumprod(chis[:, ::-1], axis=1)[:, ::-1][:, 1:], np.ones((k, 1))], axis=1)
-    generic = n[-2] / hidden * after  # ||J e||^2 for a unit e of a generic direction, (K, L)
-    if homogeneous:
-        along_h, kappa = n[-2] * second[:, -1:] / (hidden * second), kappa / second
+    if stream:
+        # Backward: ||dLoss/dz^l||^2 = alpha_l^2 G_L E||J D_l e||^2 for J = d h^L / d h^l, D_l = phi'(z^l),
+        # e ~ N(0, I) and G_L the per-unit mean square of dLoss/dh^L: the ensemble D_l e (start[:, l])
+        # carried to h^L by the linear recursion, whose N there is r_l . start_l, r_l = e_N T_L ... T_{l+1}.
+        rows = np.empty((k, depth, 4))
+        r = np.tile(np.array([1.0, 0.0, 0.0, 0.0]), (k, 1))
+        for l in range(depth - 1, -1, -1):
+            rows[:, l] = r
+            r = np.einsum("ki,kij->kj", r, transition[:, l])
+        dz = gain**2 * g_last * np.einsum("kli,kli->kl", rows, start)
+        msv = np.mean(n[0] * np.einsum("ki,ki->k", rows[:, 0], tangent_in) / min(n[0], n[-2]))
     else:
-        along_h, kappa = generic, dsq
-    dz = gain**2 * g_last * (dsq * (hidden - 1) * generic + kappa * along_h)  # ||dLoss/dz^l||^2
+        # Every direction of h^l grows by prod_{k>l} chi_k (those along h and 1 alike: without a skip
+        # nothing carries them further, and LayerNorm removes them from the branch's input).
+        grow = chis * ln_factor
+        after = np.concatenate([np.cumprod(grow[:, ::-1], axis=1)[:, ::-1][:, 1:], np.ones((k, 1))], axis=1)
+        dz = gain**2 * g_last * dsq * n[-2] * after  # ||dLoss/dz^l||^2, isotropic dLoss/dh^L
+        msv = float(np.mean(n[-2] * np.prod(grow, axis=1) / min(n[0], n[-2])))
     grad_sq = np.concatenate([n[:-2] * in_sq * dz, n[-2] * second[:, -1:] * n[-1]], axis=1).mean(axis=0)
-    if homogeneous:
-        special = n[-2] * second[:, -1] / (n[0] * x_sq)
-    else:
-        special = n[-2] / n[0] * after[:, 0] * chis[:, 0]
-    msv = float(np.mean(((n[0] - 1) / n[0] * n[-2] * np.prod(chis, axis=1) + special) / min(n[0], n[-2])))
     q, mean, second, chis = q.mean(0), mean.mean(0), second.mean(0), chis.mean(0)
     plain = not residual and norm is None
     fixed = fixed_point_summary(act, sw2[depth - 1], sigma_b2, q0=q[-1]) if plain else None
     return Prediction(q=q, act_mean=mean, act_std=np.sqrt(np.maximum(second - mean**2, 0.0)), chi=chis,
                       grad_ratio=np.sqrt(grad_sq / grad_sq[-1]), jacobian_msv=float(msv), fixed=fixed, mean_sq=second,
                       branch_scale=alpha)
+
+
+def _pos(x: Array) -> Array:
+    return np.maximum(x, Q_MIN)
+
+
+def _moments(act: Activation, q: Array, q_w: Array, stream: bool = False, ln_beta: bool = False) -> dict[str, Array]:
+    """One layer's Gaussian expectations, per group (K,), for z ~ N(0, q) = sqrt(q_w) zeta + b (zeta the
+    part of z that comes from the layer's input, b the bias): E[phi], E[phi^2], E[phi'^2],
+    E[phi'^2 phi], E[phi'^2 phi^2]; with ``stream`` also E[phi' zeta], E[phi'^2 zeta^2], E[phi' phi zeta]
+    (by E[f zeta] = sqrt(q_w)/q E[f z], E[f zeta^2] = q_w/q^2 E[f z^2] + (1 - q_w/q) E[f]); with
+    ``ln_beta`` LayerNorm's finite-width coefficient."""
+    qs = _pos(q)
+    z = np.sqrt(qs)[:, None] * _Z  # (K, nodes)
+    f = act(z)
+    d = act.backward(z, f, np.ones_like(z))
+    d2 = d * d
+    e = lambda g: g @ _W  # noqa: E731
+    m, s = e(f), e(f * f)
+    out = {"m": m, "s": s, "d2": e(d2), "d2p": e(d2 * f), "d2p2": e(d2 * f * f)}
+    if stream:
+        share = np.minimum(q_w / qs, 1.0)
+        out["d_zeta"] = np.sqrt(q_w) / qs * e(d * z)
+        out["d2_zeta2"] = share / qs * e(d2 * z * z) + (1 - share) * out["d2"]
+        out["dp_zeta"] = np.sqrt(q_w) / qs * e(d * f * z)
+    # LayerNorm of h = phi(z) over n units: E[(1/(n sd^2)) sum_i phi'_i^2 (1 - 1/n - x_i^2/n)] / (E[phi'^2] / v)
+    # = 1 + ln_beta / n + O(1/n^2) (the sample's variance, its fluctuation, and the two directions LN removes)
+    if ln_beta:
+        c2 = np.square(f - m[:, None])
+        v = _pos(s - m * m)
+        out["ln_beta"] = e(c2 * c2) / v**2 - 2 * e(d2 * c2) / (_pos(out["d2"]) * v)
+    return out
+
+
+def _input_tangent(mo: dict[str, Array], sw2: float, d: float, n: float) -> Array:
+    """[N, P, Q, R] of h^1's tangent J_1 v for an isotropic input tangent v (E||v||^2 = 1): the part of v
+    along x (share 1/d) moves z^1 along its own input part, the rest by an independent Gaussian."""
+    along, rest = 1.0 / d, (d - 1.0) / d
+    a_x = math.sqrt(n / d * sw2) * mo["dp_zeta"] / np.sqrt(_pos(mo["s"]))
+    b_x = math.sqrt(n / d * sw2) * mo["d_zeta"]
+    return np.stack([along * n / d * sw2 * mo["d2_zeta2"] + rest * n / d * sw2 * mo["d2"],
+                     along * a_x**2 + rest * sw2 / d * mo["d2p2"] / _pos(mo["s"]),
+                     along * b_x**2 + rest * sw2 / d * mo["d2"],
+                     along * a_x * b_x + rest * sw2 / d * mo["d2p"] / np.sqrt(_pos(mo["s"]))], axis=1)
+
+
+def _stream_transition(mo: dict[str, Array], a: float, sw2: float, n: float, h_mean: Array, h_sq: Array,
+                       new_sq: Array) -> Array:
+    """(K, 4, 4): a residual layer h' = h + a phi(W h + b) (no norm) acting on the second moments
+    [N, P, Q, R] = E[||t||^2, (t.h_hat)^2, (t.1_hat)^2, (t.h_hat)(t.1_hat)] of a tangent t independent of
+    W and b, to first order in 1/n (P, Q, R are O(N/n) unless they grow faster than N).
+
+    W^T t = (t.h_hat) u + v with z = ||h|| u + b and v ~ N(0, sw2 ||t_perp||^2 / n) independent of u. The
+    skip-branch cross term 2 a t.(phi'(z) (W^T t)) has mean 2 a C1 (t.h_hat)(t.1_hat), C1 = sigma E[phi' zeta]
+    (zeta = the input's part of z, standardised): the gradient-independence assumption sets it to 0. The
+    components along h and 1 feed each other through C1 and C3 = E[phi] / rms(h) (the branch adds a mean
+    and reads the stream's length), and are fed by the sums over units of the fresh u and v (the noise,
+    from ||t||^2 and ||t_perp||^2 = N - P). The branch's gain of the h component is taken as a generic
+    direction's (sw2 E[phi'^2]; exact for relu, and C1 = C3 = 0 for an odd phi, whose N then grows by chi)."""
+    sig = math.sqrt(sw2)
+    m2 = _pos(h_sq)
+    rho, gam = h_mean / np.sqrt(m2), _pos(new_sq) / m2
+    c1, c3, c4 = sig * mo["d_zeta"], mo["m"] / np.sqrt(m2), sig * mo["dp_zeta"] / np.sqrt(m2)
+    chi_b = sw2 * mo["d2"]
+    kappa = mo["d2"] * h_sq + 2 * a * h_mean * mo["d2p"] + a * a * mo["d2p2"]  # E[phi'^2 h'^2], h' the sum
+    coef = 1 + a * c1 * rho + a * a * c4  # of t.h_hat in (t'.h_hat') ||h'|| / ||h||
+    xi = a * a * (mo["s"] - mo["m"] ** 2) / (n * m2)  # t.phi(z) - E[phi] sum t, from ||t||^2
+    va = a * a * sw2 * kappa / (n * m2)  # v . (phi' h') / ||h||, from ||t_perp||^2
+    vb = a * a * chi_b / n  # v . phi' / sqrt(n)
+    cab = a * a * sw2 * (h_mean * mo["d2"] + a * mo["d2p"]) / (n * np.sqrt(m2))  # their covariance
+    zero, one = np.zeros_like(rho), np.ones_like(rho)
+    t = np.empty((len(rho), 4, 4))
+    t[:, 0] = np.stack([1 + a * a * chi_b, zero, zero, 2 * a * c1], axis=1)
+    t[:, 1] = np.stack([xi + va, coef**2 - va, (a * c3) ** 2, 2 * coef * a * c3], axis=1) / gam[:, None]
+    t[:, 2] = np.stack([vb, (a * c1) ** 2 - vb, one, 2 * a * c1], axis=1)
+    t[:, 3] = np.stack([cab, coef * a * c1 - cab, a * c3, coef + a * a * c1 * c3], axis=1) / np.sqrt(gam)[:, None]
+    return t
 
 
 def predict_network(sizes: Sequence[int], activation: str, init: str, x: Array, *,
