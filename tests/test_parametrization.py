@@ -1,6 +1,7 @@
 """Parametrisations (sp, ntk, mup): sp is today's network bit for bit; ntk and mup follow TP-V's Table 3
 read relative to a base width; the optimisers' per-element lr multipliers; the MSE loss."""
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -184,6 +185,26 @@ def test_multipliers_that_vary_often_take_the_array_path_with_the_same_result(op
         if opt != "sgd":  # momentum and Adam are linear in their first moment: every step is multiplied
             np.testing.assert_allclose(p, mult * p_plain, rtol=1e-12)
         assert (scaled._runs[0] is None) == (mult is not blocks)
+
+
+@pytest.mark.parametrize("opt", ["sgd", "momentum", "adam"])
+def test_optimizer_steps_allocate_nothing_with_or_without_multipliers(opt):
+    """After the first step the update reuses its work arrays on every path, also when a schedule changes lr."""
+    rng = np.random.default_rng(0)
+    blocks = np.repeat([0.5, 2.0, 1.5, 0.25], MIN_RUN).astype(np.float32)  # the scalar path
+    varied = rng.uniform(0.5, 2.0, size=blocks.size).astype(np.float32)  # the array path
+    array_bytes = blocks.size * 4
+    for mult in (None, blocks, varied):
+        p, g = np.zeros(blocks.size, np.float32), rng.normal(size=blocks.size).astype(np.float32)
+        optimizer = make_optimizer(opt, lr=0.1, lr_mult=mult)
+        optimizer.step([p], [g])  # creates the state, the scratch array and the multiplies
+        for lr in (0.1, 0.05):  # the same rate, then a schedule's new one
+            optimizer.lr = lr
+            tracemalloc.start()
+            optimizer.step([p], [g])
+            _, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            assert peak < array_bytes / 10, (mult is None, lr, peak)  # a few Python objects (views), no array
 
 
 def test_adam_multiplies_each_step_even_when_the_multipliers_change_midway():
