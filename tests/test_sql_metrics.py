@@ -1,12 +1,19 @@
 """Metric points written straight into MLflow's SQL store leave the rows MLflow's own log_batch leaves."""
+import importlib.util
 import math
-import sqlite3
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from daemons import skip_or_fail
+from nnlab import server
 from nnlab.record import spool as S
 from nnlab.record import store as T
 from nnlab.record.sql_metrics import SqlMetricWriter
@@ -33,28 +40,48 @@ def store(tmp_path, fresh_store):
     return fresh_store(tmp_path / "mlflow.db")
 
 
-def rows(path, table, run_id):
-    with sqlite3.connect(path) as db:
-        return sorted(db.execute(f"SELECT key, value, timestamp, step, is_nan FROM {table} WHERE run_uuid = ?",
-                                 (run_id,)).fetchall())
+@pytest.fixture(scope="module")
+def postgres():
+    """A private PostgreSQL (as ``nnlab.server`` starts one), its URI; skipped where it cannot run."""
+    try:
+        server._pg_bin("initdb"), server._pg_bin("pg_ctl")
+    except server.ServerError as err:
+        skip_or_fail(str(err))
+    if importlib.util.find_spec("psycopg") is None:
+        skip_or_fail("psycopg is not installed: pip install 'nnlab[server]'")
+    folder = Path(tempfile.mkdtemp(prefix="nnlab-pg-"))
+    try:
+        with server.local_postgres(folder / "data") as pg, pytest.MonkeyPatch.context() as patch:
+            for key, value in pg.env.items():
+                patch.setenv(key, value)
+            yield pg.uri
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def rows(client, table, run_id):
+    """(key, value, timestamp, step, is_nan) of ``table``'s rows of ``run_id``, sorted."""
+    with client._tracking_client.store.engine.connect() as db:
+        found = db.execute(sa.text(f"SELECT key, value, timestamp, step, is_nan FROM {table} WHERE run_uuid = :r"),
+                           {"r": run_id})
+        return sorted((key, value, timestamp, step, bool(is_nan)) for key, value, timestamp, step, is_nan in found)
 
 
 def two_runs(store):
     client = MlflowClient(store)
-    experiment = client.create_experiment("sql")
+    experiment = client.create_experiment(f"sql-{uuid.uuid4().hex}")
     return client, client.create_run(experiment).info.run_id, client.create_run(experiment).info.run_id
 
 
-def test_the_writer_leaves_the_rows_log_batch_leaves(store, tmp_path):
+def check_the_same_rows(store):
     client, by_mlflow, by_writer = two_runs(store)
     writer = SqlMetricWriter(client._tracking_client.store)
     for batch in BATCHES:
         client.log_batch(by_mlflow, metrics=[Metric(*point) for point in batch])
         assert writer.write(by_writer, batch)
-    path = tmp_path / "mlflow.db"
     for table in ("metrics", "latest_metrics"):
-        assert rows(path, table, by_writer) == rows(path, table, by_mlflow), table
-    assert len(rows(path, "latest_metrics", by_writer)) == 10  # a..j
+        assert rows(client, table, by_writer) == rows(client, table, by_mlflow), table
+    assert len(rows(client, "latest_metrics", by_writer)) == 10  # a..j
     mine, theirs = client.get_run(by_writer).data.metrics, client.get_run(by_mlflow).data.metrics
     assert mine.keys() == theirs.keys() and mine["c"] == -1.0 and mine["e"] == 0.1
     assert (mine["a"], mine["f"], mine["h"], mine["j"]) == (2.0, 0.3, 0.9, 0.0)
@@ -62,16 +89,25 @@ def test_the_writer_leaves_the_rows_log_batch_leaves(store, tmp_path):
     assert {m.step: m.value for m in client.get_metric_history(by_writer, "e")} == {3: 0.1, 1: 0.7, 2: 0.9}
 
 
-def test_a_point_already_in_the_store_writes_nothing_and_is_left_to_log_batch(store, tmp_path):
+def test_the_writer_leaves_the_rows_log_batch_leaves(store):
+    check_the_same_rows(store)
+
+
+@pytest.mark.daemon
+def test_the_writer_leaves_the_rows_log_batch_leaves_on_postgresql(postgres):
+    check_the_same_rows(postgres)
+
+
+def test_a_point_already_in_the_store_writes_nothing_and_is_left_to_log_batch(store):
     client, _, run_id = two_runs(store)
     writer = SqlMetricWriter(client._tracking_client.store)
     assert writer.write(run_id, BATCHES[0])
-    before = {table: rows(tmp_path / "mlflow.db", table, run_id) for table in ("metrics", "latest_metrics")}
+    before = {table: rows(client, table, run_id) for table in ("metrics", "latest_metrics")}
     assert not writer.write(run_id, [("new", 1.0, 40, 5), *BATCHES[0][:1]])  # "a" at step 0 is there already
-    assert {table: rows(tmp_path / "mlflow.db", table, run_id) for table in before} == before
+    assert {table: rows(client, table, run_id) for table in before} == before
 
 
-def test_a_run_sent_twice_by_its_logger_is_recorded_once(store, tmp_path):
+def test_a_run_sent_twice_by_its_logger_is_recorded_once(store):
     """A flush whose commit went through but whose answer was lost is sent again: each point once."""
     tracker = T.Tracker(store)
     with tracker.start_run(tracker.experiment_id("e"), "resent", flush_seconds=3600) as run:
@@ -79,12 +115,12 @@ def test_a_run_sent_twice_by_its_logger_is_recorded_once(store, tmp_path):
         assert run.flush()
         run._metrics_sent = 0  # as if the answer had been lost
         run.log_metrics({"m0": 1.5}, step=1)
-    assert len(rows(tmp_path / "mlflow.db", "metrics", run.run_id)) == 31
+    assert len(rows(MlflowClient(store), "metrics", run.run_id)) == 31
     stored = MlflowClient(store).get_run(run.run_id)
     assert stored.info.status == "FINISHED" and stored.data.metrics["m0"] == 1.5
 
 
-def test_nnlabs_own_client_on_sqlite_writes_its_metrics_without_log_batch(store, tmp_path):
+def test_nnlabs_own_client_on_sqlite_writes_its_metrics_without_log_batch(store):
     tracker = T.Tracker(store)
     run = tracker.start_run(tracker.experiment_id("e"), "direct", flush_seconds=3600)
     inner, sent = run.client._client, []
