@@ -103,8 +103,9 @@ class Optimizer:
         """The multiplies ``multiply_into`` does for ``(g, out, factor)``: (source, scale, target) triples.
 
         Built once and reused while the step is handed the same arrays and ``factor`` (a schedule changes
-        ``lr`` once an epoch): the views of each run and ``factor * value`` are then not rebuilt per step,
-        which took about 2 of the 6 us per Adam step that the multipliers cost on a 301k-parameter net."""
+        ``lr`` once an epoch): each run's views and ``factor * value`` are not rebuilt per step. Rebuilding
+        them took about 2 of the 4 us the multipliers added to Adam's multiply on a 301k-parameter net
+        (docs/parametrisation.md); what is left is one ufunc call per run."""
         if self._runs is None:
             self._runs = [_runs(m) for m in self._checked_mult(params)]
         runs = self._runs[i]
