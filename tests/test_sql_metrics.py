@@ -138,6 +138,21 @@ def test_nnlabs_own_client_on_sqlite_writes_its_metrics_without_log_batch(store)
     assert stored.data.metrics["layer_14"] == 100.14
 
 
+def test_an_mlflow_release_the_writer_was_not_checked_against_writes_through_log_batch(store, monkeypatch):
+    import mlflow
+
+    tracker = T.Tracker(store)
+    run = tracker.start_run(tracker.experiment_id("e"), "other-release", flush_seconds=3600)
+    monkeypatch.setattr(mlflow, "__version__", "3.99.0")
+    inner, sent = run.client._client, []
+    real = inner.log_batch
+    inner.log_batch = lambda run_id, metrics=(), **kw: (sent.append(len(metrics)), real(run_id, metrics=metrics, **kw))
+    with run:
+        run.log_metrics({f"layer_{i}": float(i) for i in range(15)}, step=0)
+    assert sum(sent) == 15  # every point by log_batch
+    assert MlflowClient(store).get_run(run.run_id).data.metrics["layer_14"] == 14.0
+
+
 def test_a_store_that_fails_the_direct_write_gets_the_run_spooled_never_finished(tmp_path, fresh_store, monkeypatch):
     store = fresh_store(tmp_path / "mlflow.db")
     tracker = T.Tracker(store, settings=T.StoreSettings(spool_dir=str(tmp_path / "spool"), retry_seconds=0))

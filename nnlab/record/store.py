@@ -726,11 +726,21 @@ class GuardedClient:
         return guarded
 
 
+# The MLflow releases whose metrics/latest_metrics rows ``SqlMetricWriter`` was checked against (row by row
+# with log_batch, tests/test_sql_metrics.py). Another release writes through log_batch: slower, never wrong.
+# After upgrading MLflow, run tests/test_sql_metrics.py and add its minor version here.
+SQL_WRITER_MLFLOW = ("3.17",)
+
+
 def _sql_writer(client: Any) -> Any:
     """A ``SqlMetricWriter`` for nnlab's own client (``GuardedClient``) on MLflow's SQL store, else None:
-    an HTTP store, or any other client (a test's wrapper that watches ``log_batch``) goes through
-    ``log_batch``."""
+    an HTTP store, any other client (a test's wrapper that watches ``log_batch``) or an MLflow release not
+    in ``SQL_WRITER_MLFLOW`` goes through ``log_batch``."""
     if type(client) is not GuardedClient:
+        return None
+    import mlflow
+
+    if ".".join(mlflow.__version__.split(".")[:2]) not in SQL_WRITER_MLFLOW:
         return None
     store = getattr(getattr(client._client, "_tracking_client", None), "store", None)
     try:
