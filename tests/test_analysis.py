@@ -261,3 +261,21 @@ def test_unreachable_stores_raise_without_creating_anything(tmp_path):
     assert not missing.parent.exists()
     with pytest.raises(AnalysisError, match="cannot reach the MLflow tracking store 'http://127.0.0.1:9'"):
         connect("http://127.0.0.1:9")
+
+
+def test_the_initial_jacobian_spectrum_rebuilds_a_net_with_a_width_list():
+    """The baseline study's classic net has ``model.width=[32, 20]`` (stored by MLflow as text): the spectrum
+    is rebuilt from it, and equals the one of the same net built directly."""
+    from nnlab.analysis.theory_plots import initial_spectra
+    from nnlab.core import MLP
+    from nnlab.core.jacobian import jacobian_singular_values
+    from nnlab.data import load_dataset
+
+    row = {"run_id": "r", "init": "he", "activation": "relu", "model.depth": 2, "model.width": "[32, 20]",
+           "seed": 3, "init.distribution": "normal"}
+    sv = initial_spectra(pd.DataFrame([row]), n_inputs=2)["sv"].to_numpy()
+    data = load_dataset("digits", split_seed=0)
+    model = MLP.from_shape(data.n_features, data.n_classes, 2, [32, 20], activation="relu", init="he",
+                           init_params={"distribution": "normal"}, seed=3)
+    assert model.sizes[1:3] == [32, 20]
+    np.testing.assert_allclose(np.sort(sv), np.sort(jacobian_singular_values(model, data.x_train[:2], exact=True).ravel()))

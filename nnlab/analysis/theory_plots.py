@@ -119,13 +119,22 @@ def prediction_errors(history: pd.DataFrame) -> pd.DataFrame:
 
 
 # --- the Jacobian spectrum at initialisation ----------------------------------------------------
+def _width(value: object) -> int | list[int]:
+    """``model.width`` as recorded: a number, or a per-layer list (MLflow keeps params as text: "[32, 20]")."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        return [int(w) for w in value.strip("[] ").split(",")]
+    if isinstance(value, (list, tuple)):
+        return [int(w) for w in value]
+    return int(value)
+
+
 def _model_args(row: pd.Series) -> dict:
     init = str(row["init"])
     params = {"orthogonal": ("gain",), "variance_scaling": ("sigma_w", "sigma_b"), "random": ("std",),
               "he": ("distribution",), "xavier": ("distribution",), "lecun": ("distribution",)}.get(init, ())
     init_params = {p: row[f"init.{p}"] for p in params if f"init.{p}" in row and pd.notna(row[f"init.{p}"])}
     act_params = {"alpha": float(row["activation.alpha"])} if pd.notna(row.get("activation.alpha", np.nan)) else {}
-    return {"depth": int(row["model.depth"]), "width": int(row["model.width"]), "activation": str(row["activation"]),
+    return {"depth": int(row["model.depth"]), "width": _width(row["model.width"]), "activation": str(row["activation"]),
             "activation_params": act_params, "init": init,
             "init_params": {k: (float(v) if k != "distribution" else v) for k, v in init_params.items()},
             "seed": int(row["seed"])}
