@@ -8,8 +8,9 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 from scipy import stats as sps
 
-from nnlab.analysis import (AnalysisError, aggregate, at_step, check_metrics, connect, layer_frame, load_history,
-                            load_runs, parse_param, summarize, varying_params, with_params)
+from nnlab.analysis import (AnalysisError, aggregate, at_step, check_metrics, connect, get_experiment_id, layer_frame,
+                            load_history, load_runs, parse_param, summarize, varying_params, with_params)
+from nnlab.analysis import records
 from nnlab.analysis.design import CONFIG, infer_design
 from nnlab.analysis.fake import fake_epoch, fake_test_acc, log_fake_sweep
 from nnlab.analysis.reading import reading
@@ -92,6 +93,36 @@ def test_history_is_tidy_with_every_step_and_value(history, runs):
 def test_history_bulk_and_per_run_paths_agree(store, history):
     slow = load_history("fake", store[0], bulk=False)
     pd.testing.assert_frame_equal(history, slow)
+
+
+def test_runs_read_as_columns_match_mlflow_search(store):
+    """The SQL store's column read (records._runs_columns) returns what MlflowClient.search_runs returns:
+    the same runs in the same order, with the same info, params, tags and latest metrics (NaN included);
+    deleted runs and other experiments' runs stay out."""
+    client = MlflowClient(store[0])
+    exp = client.create_experiment("columns")
+    for name, value in (("b", float("nan")), ("a", 0.5), ("gone", 1.0)):
+        run = client.create_run(exp, run_name=name, tags={"mlflow.note.content": f"note {name}"})
+        client.log_batch(run.info.run_id, metrics=[Metric("val_acc", value, 0, 3), Metric("val_acc", 0.1, 0, 1)],
+                         params=[Param("seed", "0"), Param("init", name)])
+        client.set_terminated(run.info.run_id, "FINISHED")
+        if name == "gone":
+            client.delete_run(run.info.run_id)
+    for experiment in ("fake", "columns", "no_test_acc"):
+        exp_id = get_experiment_id(client, experiment)
+        fast, slow = records._runs_columns(records._bulk_store(client), exp_id), records._search_runs_api(client, exp_id)
+        assert fast is not None and [r.info.run_id for r in fast] == [r.info.run_id for r in slow], experiment
+        for mine, theirs in zip(fast, slow):
+            assert dict(mine.info) == dict(theirs.info)
+            assert mine.data.params == theirs.data.params and mine.data.tags == theirs.data.tags
+            assert mine.data.metrics.keys() == theirs.data.metrics.keys()
+            for key, value in theirs.data.metrics.items():
+                assert mine.data.metrics[key] == value or (np.isnan(value) and np.isnan(mine.data.metrics[key]))
+    names = [r.info.run_name for r in records.search_all_runs(client, get_experiment_id(client, "columns"))]
+    assert sorted(names) == ["a", "b"]
+    fast = load_history("columns", store[0])  # NaN read back as NaN from the columns, as from the public API
+    pd.testing.assert_frame_equal(fast, load_history("columns", store[0], bulk=False))
+    assert fast["value"].isna().sum() == 1
 
 
 def test_history_metric_patterns_and_run_filter(store, runs):

@@ -37,7 +37,7 @@ from scipy import stats as sps
 from matplotlib.figure import Figure
 
 from .design import CONFIG, Design, infer_design, levels
-from .records import at_step
+from .records import at_step, name_parts
 from .stats import aggregate, varying_params
 from .width import LR, tuned_runs
 
@@ -244,7 +244,7 @@ def init_layers(history: pd.DataFrame) -> pd.DataFrame:
     """Epoch-0 per-layer rows ``run_id, source, stat, layer, value`` (source ``measured`` or ``theory``)
     of act_std, grad_norm and grad_ratio."""
     init = at_step(history, "init")
-    parts = init["metric"].str.extract(_LAYER)
+    parts = name_parts(init["metric"], _LAYER)
     keep = parts["stat"].notna()
     out = init.loc[keep, ["run_id", "value"]].copy()
     out["source"] = np.where(parts.loc[keep, "source"].notna(), "theory", "measured")

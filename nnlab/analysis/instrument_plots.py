@@ -16,6 +16,7 @@ from matplotlib.lines import Line2D
 
 from . import plots
 from .design import Design, deepest, levels
+from .records import name_parts
 from .stats import config_label
 
 LAYER_INSTRUMENTS = {"update_ratio": "Update ratio ||dW|| / ||W|| of the epoch's last step",
@@ -65,7 +66,7 @@ def layer_instrument(history: pd.DataFrame, runs: pd.DataFrame, design: Design, 
     """``update_ratio`` or ``dist_init`` over epochs (x), one panel per configuration (with depth as a facet,
     the deepest networks only), one colour per layer role (``layer_roles``), log y; mean over seeds and
     their min..max band."""
-    parts = history["metric"].str.extract(_LAYER_RE)
+    parts = name_parts(history["metric"], _LAYER_RE)
     frame = history.assign(stat=parts["stat"], layer=parts["layer"]).query("stat == @stat")
     frame = _labelled(frame.astype({"layer": "int64"}), runs, design.by)
     frame, suffix = deepest(frame, design)

@@ -33,7 +33,8 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from . import depth, instrument_plots, plots, theory_plots, width  # noqa: E402
 from .design import Design, infer_design  # noqa: E402
 from .reading import reading  # noqa: E402
-from .records import AnalysisError, check_metrics, connect, layer_frame, load_history, load_runs  # noqa: E402
+from .records import (AnalysisError, check_metrics, connect, layer_frame, load_history,  # noqa: E402
+                      runs_table, search_training_runs)
 from .stats import config_columns, format_cell, summary_table, to_markdown  # noqa: E402
 
 CURVE_METRICS = ("train_loss", "val_loss")
@@ -89,7 +90,8 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
     ``parent_run_id``: only the child runs of that sweep (default: every training run of the experiment).
     """
     client = client or connect(tracking_uri)
-    runs = load_runs(experiment, client=client)
+    searched = search_training_runs(client, experiment)  # one search for the runs and their histories
+    runs = runs_table(experiment, searched, client.tracking_uri)
     if parent_run_id is not None:
         runs = runs[runs["parent_run_id"] == parent_run_id].reset_index(drop=True)
         if runs.empty:
@@ -98,12 +100,12 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
     ok = runs[~runs["failed"]]
     if ok.empty:
         raise AnalysisError(f"every run of experiment {experiment!r} failed ({len(runs)} runs); nothing to report")
-    history = load_history(experiment, client=client, run_ids=ok["run_id"],
+    history = load_history(experiment, client=client, run_ids=ok["run_id"], searched=searched,
                            metrics=[*CURVE_METRICS, *ACC_CURVE_METRICS, "grad_norm/layer_*", "act_std/layer_*",
                                     "act_saturation/layer_*", "preact_std/layer_*", "theory/*", *INSTRUMENT_METRICS,
                                     *(depth.DEPTH_METRICS if depth.is_depth_study(runs) else ()), "coord/*"])
     # a few hundred metric names repeated over 165,000 rows: as a category, every name test (.str.startswith,
-    # .str.extract of the layer index) runs once per name instead of once per row
+    # records.name_parts' extract of the layer index) runs once per name instead of once per row
     history = history.astype({"metric": "category"})
     _check_history(history, ok, experiment)
     runs, design = depth.depth_design(runs) if depth.is_depth_study(runs) else infer_design(runs)

@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 
 from . import plots
 from .design import Design, levels
-from .records import at_step, with_params
+from .records import at_step, name_parts, with_params
 from .stats import aggregate, config_label
 
 THEORY_STAT = re.compile(r"^(?P<source>theory/)?(?P<stat>preact_std|act_std|chi|grad_ratio)/layer_(?P<layer>\d+)$")
@@ -32,7 +32,7 @@ def theory_layers(history: pd.DataFrame) -> pd.DataFrame:
     """Epoch-0 per-layer rows ``run_id, stat, layer, value, source`` (source = "theory" or "measured")
     for preact_std, act_std, chi and grad_ratio."""
     init = at_step(history, "init")
-    parts = init["metric"].str.extract(THEORY_STAT)
+    parts = name_parts(init["metric"], THEORY_STAT)
     keep = parts["stat"].notna()
     out = init.loc[keep, ["run_id", "value"]].copy()
     out["stat"] = parts.loc[keep, "stat"]

@@ -56,7 +56,7 @@ def _legend(fig: Figure, axes: np.ndarray, title: str) -> None:
             ax.get_legend().remove()
     if seen:
         fig.legend(seen.values(), seen.keys(), title=title, loc="outside right center", frameon=False)
-from .records import with_params
+from .records import name_parts, with_params
 from .stats import SEED_KEYS, metric_scale, summarize, varying_params
 
 PAR = "model.parametrization"
@@ -86,7 +86,7 @@ def _label(frame: pd.DataFrame, by: Sequence[str]) -> pd.Series:
 def coord_frame(history: pd.DataFrame, runs: pd.DataFrame, by: Sequence[str] = BY) -> pd.DataFrame:
     """The coordinate check's rows: ``run_id, <by>, model.width, seed, step, layer, value`` with ``layer`` =
     ``"layer 1"``, ... or ``"logits"``; finished runs only. ``by`` columns a study does not have are dropped."""
-    parts = history["metric"].str.extract(_COORD_RE)
+    parts = name_parts(history["metric"], _COORD_RE)
     keep = parts["layer"].notna() | parts["logits"].notna()
     if not keep.any():
         raise ValueError("history has no coord/* metrics: run the study with diagnostics.coord_steps > 0")
