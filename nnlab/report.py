@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Sequence
 
 from nnlab._cli import exit_without_final_collection
-from nnlab.analysis.report import (DEFAULT_OUT, DPI, FIGURES, INSTRUMENT_FIGURES, THEORY_FIGURES,  # noqa: F401
-                                   TRAINABILITY_FIGURE, SweepReportError, draw, figures, load_study, make_figures,
-                                   write_report, write_sweep_report)
+from nnlab.analysis.report import (DEFAULT_OUT, DPI, FIGURES, INSTRUMENT_FIGURES, MAX_DRAWING_WORKERS,  # noqa: F401
+                                   THEORY_FIGURES, TRAINABILITY_FIGURE, SweepReportError, draw, figures, load_study,
+                                   make_figures, write_report, write_sweep_report)
 from nnlab.analysis.records import AnalysisError
 
 # the library's names, for scripts and tests that drive the report from Python
@@ -36,6 +36,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help=f"output folder (default: ./{DEFAULT_OUT}/<experiment>/; the committed reports/ "
                              "are written by `make report`, which passes --out)")
     parser.add_argument("--metric", default="test_acc", help="final metric to compare (default: test_acc)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help=f"processes drawing the figures at once (default: one per core, at most "
+                             f"{MAX_DRAWING_WORKERS}; 1 draws them in this process)")
     return parser.parse_args(argv)
 
 
@@ -48,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"nnlab-report: reading experiment {args.experiment!r} from {store} and drawing its report into "
           f"{out}/ ...", flush=True)
     try:
-        path = write_report(args.experiment, out, args.tracking_uri, args.metric)
+        path = write_report(args.experiment, out, args.tracking_uri, args.metric, workers=args.workers)
     except AnalysisError as exc:
         print(f"nnlab-report: error: {exc}", file=sys.stderr)
         return 2

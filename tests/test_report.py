@@ -117,3 +117,31 @@ def test_default_folder_is_not_the_committed_reports(uri, tmp_path, monkeypatch)
     ignored = subprocess.run(["git", "check-ignore", "-q", "nnlab-report/fake/index.md"],
                              cwd=Path(__file__).resolve().parents[1])
     assert ignored.returncode == 0  # the repository's .gitignore covers it
+
+
+def test_figures_drawn_by_two_processes_are_the_files_one_draws(uri, tmp_path):
+    """draw() in 2 forked workers writes byte-for-byte the figures it writes alone, each figure once."""
+    from nnlab.report import draw, load_study
+
+    study = load_study("fake", uri)
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    assert draw(study, tmp_path / "one", workers=1) == list(FIGURES)
+    assert draw(study, tmp_path / "two", workers=2) == list(FIGURES)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(FIGURES)
+    for name in FIGURES:
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_a_figure_that_fails_in_a_worker_fails_the_report_nothing_written(uri, tmp_path, capsys, monkeypatch,
+                                                                            workers):
+    from nnlab.analysis import plots
+
+    def broken(*args, **kwargs):
+        raise ValueError("drawing failed on purpose")
+
+    monkeypatch.setattr(plots, "accuracy_heatmap", broken)  # the forked workers inherit the patch
+    with pytest.raises(ValueError, match="drawing failed on purpose"):
+        main(["--experiment", "fake", "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--workers", workers])
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

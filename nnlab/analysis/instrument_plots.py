@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -76,7 +75,7 @@ def layer_instrument(history: pd.DataFrame, runs: pd.DataFrame, design: Design, 
     configs = levels(frame, "label")
     n_rows, n_cols = _grid_shape(len(configs))
     fig, axes = plots.grid(n_rows, n_cols, 2.6, 2.0, sharex=True, sharey=True, panel_title_lines=2)
-    colors = dict(zip(LAYER_ROLES, sns.color_palette("colorblind", len(LAYER_ROLES))))
+    colors = dict(zip(LAYER_ROLES, plots.color_palette("colorblind", len(LAYER_ROLES))))
     for ax, config in zip(axes.flat, configs):
         sub = frame[frame["label"] == config]
         n_layers = int(max(sub["n_layers"].max(), zeros.loc[zeros["label"] == config, "n_layers"].max()
@@ -158,7 +157,7 @@ def edge_of_stability(history: pd.DataFrame, runs: pd.DataFrame) -> Figure:
     frame = _eos_frame(history, runs)
     acts = levels(frame, "activation")
     lrs = levels(frame, "optimizer.lr")
-    colors = dict(zip(lrs, sns.color_palette("flare", len(lrs))))
+    colors = dict(zip(lrs, plots.color_palette("flare", len(lrs))))
     fig, axes = plots.grid(len(acts), 2, 4.2, 2.6, sharex=True, panel_title_lines=1, legend_w=1.2)
     for row, act in zip(axes, acts):
         for lr in lrs:

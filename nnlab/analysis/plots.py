@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import textwrap
-import warnings
 from typing import Sequence
 
 import matplotlib
@@ -22,7 +21,6 @@ import matplotlib.ticker as mticker
 import matplotlib.transforms as mtransforms
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.collections import PolyCollection
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
@@ -43,13 +41,32 @@ SEED_POINTS_MAX = 5  # draw each seed's value when a configuration has at most t
 BAND = "95% CI over seeds"
 
 
+# seaborn's "colorblind" palette, written out: the report draws without importing seaborn, whose import
+# (scipy.stats with it) was ~1 s of the report's ~10 s
+COLORBLIND = ("#0173b2", "#de8f05", "#029e73", "#d55e00", "#cc78bc", "#ca9161", "#fbafe4", "#949494", "#ece133",
+              "#56b4e9")
+
+
+def color_palette(name: str, n: int) -> list[tuple]:
+    """``n`` colours as RGB tuples: ``"colorblind"`` (cycled past 10) and matplotlib's qualitative maps
+    (``"tab20"``) here; any other name (a seaborn map: ``"flare"``, ``"rocket_r"``) through seaborn."""
+    if name == "colorblind":
+        return [matplotlib.colors.to_rgb(COLORBLIND[i % len(COLORBLIND)]) for i in range(n)]
+    if name in ("tab10", "tab20"):
+        colors = matplotlib.colormaps[name].colors
+        return [tuple(colors[i % len(colors)]) for i in range(n)]
+    import seaborn as sns  # only the figures that use seaborn's own colour maps pay for its import
+
+    return list(sns.color_palette(name, n))
+
+
 def _palette(frame: pd.DataFrame, hue: str) -> dict:
     return palette(levels(frame, hue))
 
 
 def palette(names: list) -> dict:
     """A distinguishable colour per name: seaborn's colourblind palette (10 colours), then tab20."""
-    colors = sns.color_palette("colorblind", 10) if len(names) <= 10 else sns.color_palette("tab20", 20)
+    colors = color_palette("colorblind", 10) if len(names) <= 10 else color_palette("tab20", 20)
     return {name: colors[i % len(colors)] for i, name in enumerate(names)}
 
 
@@ -332,15 +349,47 @@ def accuracy_heatmap(runs: pd.DataFrame, design: Design, metric: str = "test_acc
     low, high = np.nanmin(values), np.nanmax(values)
     if high - low < 0.01:
         low, high = low - 0.005, high + 0.005
-    with warnings.catch_warnings():  # seaborn draws once before the layout is final; the saved figure is fine
-        warnings.filterwarnings("ignore", "constrained_layout not applied", UserWarning)
-        sns.heatmap(table, annot=True, fmt=".3f" if high - low < 0.1 else ".2f", vmin=low, vmax=high,
-                    cmap="viridis", ax=ax, cbar_kws={"label": f"mean {metric}"},
-                    annot_kws={"fontsize": 8})
+    heatmap(ax, table, ".3f" if high - low < 0.1 else ".2f", low, high, f"mean {metric}")
     ax.set_ylabel(" / ".join(rows))
     ax.set_xlabel(cols or "")
     _constrained_title(fig, f"Mean {metric} over seeds (colours span the data's range)")
     return fig
+
+
+def _label(key) -> str:
+    return " / ".join(map(str, key)) if isinstance(key, tuple) else str(key)
+
+
+def heatmap(ax, table: pd.DataFrame, fmt: str, vmin: float, vmax: float, label: str, cmap: str = "viridis",
+            fontsize: float = 8) -> None:
+    """``table`` as coloured cells (first row at the top) with each value written in it (dark on light
+    cells, white on dark ones) and a colour bar named ``label``; rows named ``he / relu`` for a MultiIndex.
+    Missing values are left blank."""
+    values = np.ma.masked_invalid(table.to_numpy(dtype=float))
+    n_rows, n_cols = values.shape
+    mesh = ax.pcolormesh(np.arange(n_cols + 1), np.arange(n_rows + 1), values, cmap=cmap, vmin=vmin, vmax=vmax)
+    ax.set_xlim(0, n_cols)
+    ax.set_ylim(n_rows, 0)
+    colors = mesh.cmap(mesh.norm(values))
+    for (i, j), value in np.ndenumerate(values.filled(np.nan)):
+        if np.isfinite(value):
+            ax.text(j + 0.5, i + 0.5, format(value, fmt), ha="center", va="center", fontsize=fontsize,
+                    color="0.15" if _luminance(colors[i, j]) > 0.408 else "white")
+    col_labels = [_label(c) for c in table.columns]
+    ax.set_xticks(np.arange(n_cols) + 0.5, col_labels,
+                  rotation=30 if max(map(len, col_labels)) * n_cols > 60 else 0)
+    ax.set_yticks(np.arange(n_rows) + 0.5, [_label(r) for r in table.index])
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    ax.figure.colorbar(mesh, ax=ax, label=label).outline.set_visible(False)
+
+
+def _luminance(rgba) -> float:
+    """Relative luminance of a colour (W3C WCAG 2: linearised sRGB channels weighted 0.2126, 0.7152, 0.0722)."""
+    rgb = np.asarray(rgba[:3], dtype=float)
+    linear = np.where(rgb <= 0.03928, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    return float(linear @ [0.2126, 0.7152, 0.0722])
 
 
 def _constrained_title(fig: Figure, text: str, fontsize: float = 11) -> None:

@@ -11,7 +11,6 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker as ticker
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 from . import plots
@@ -75,7 +74,7 @@ def measured_vs_predicted(history: pd.DataFrame, runs: pd.DataFrame, design: Des
     hue = design.hue
     fig, axes = plots.grid(1, 2, 3.7, 3.7, panel_title_lines=2, legend_w=1.6, wgap=0.85)
     axes = axes[0]
-    colors = dict(zip(levels(wide, hue), sns.color_palette("colorblind", len(levels(wide, hue)))))
+    colors = dict(zip(levels(wide, hue), plots.color_palette("colorblind", len(levels(wide, hue)))))
     for ax, stat, label in zip(axes, ("preact_std", "act_std"), ("pre-activation std", "hidden output std")):
         part = wide[wide["stat"] == stat]
         part = part[(part["theory"] > 0) & (part["measured"] > 0)]

@@ -25,11 +25,10 @@ import matplotlib.pyplot as plt
 import matplotlib.ticker as mticker
 import numpy as np
 import pandas as pd
-import seaborn as sns
 from matplotlib.figure import Figure
 
 from .design import levels
-from .plots import MAX_WIDTH
+from .plots import MAX_WIDTH, color_palette
 
 
 # the width figures' own layout (constrained: a handful of panels; the report's big grids use plots.grid)
@@ -183,7 +182,7 @@ def coord_check_figure(coord: pd.DataFrame, by: Sequence[str] = BY, steps: Seque
         steps = [all_steps[i] for i in idx]
     configs = levels(frame, "config")
     layers = _layer_order(levels(frame, "layer"))
-    colors = dict(zip(layers, sns.color_palette("viridis", len(layers))))
+    colors = dict(zip(layers, color_palette("viridis", len(layers))))
     widths = levels(frame, WIDTH)
     fig, axes = _subplots(len(configs), len(steps), 2.6, 2.3, sharex=True)
     agg = frame.groupby(["config", "step", "layer", WIDTH])["value"].agg(["mean", "min", "max"]).reset_index()
@@ -317,7 +316,7 @@ def lr_transfer_figure(frame: pd.DataFrame, summary: pd.DataFrame, metric: str =
     summary = summary.assign(config=_label(summary, keys))
     configs = levels(frame, "config")
     widths = levels(frame, WIDTH)
-    colors = dict(zip(widths, sns.color_palette("rocket_r", len(widths) + 1)[1:]))
+    colors = dict(zip(widths, color_palette("rocket_r", len(widths) + 1)[1:]))
     n_cols = min(len(configs), 3)
     n_rows = math.ceil(len(configs) / n_cols)
     fig, axes = _subplots(n_rows, n_cols, 3.3, 2.8, sharey=True)
