@@ -168,6 +168,23 @@ def test_aggregate_counts_failed_seed_as_missing(runs):
     assert row["mean"] == pytest.approx(np.mean([fake_test_acc("random", "tanh", 3, s) for s in (0, 1)]))
 
 
+@pytest.mark.parametrize("scale", ["linear", "fraction", "log"])
+def test_aggregate_of_all_groups_at_once_is_summarize_per_group(scale):
+    """aggregate's vectorised t statistics equal summarize on each group: groups of one value, all missing,
+    all zero, with inf and NaN (missing), with zeros beside positive values (log: left out, counted)."""
+    rng = np.random.default_rng(3)
+    groups = {"one": [0.4], "missing": [np.nan, np.nan], "zeros": [0.0, 0.0, 0.0], "inf": [0.2, np.inf, 0.3, np.nan],
+              "mixed": [0.0, 0.5, 0.25, 0.125], "many": list(rng.uniform(0.0, 1.0, 40)), "two": [0.9, 0.95]}
+    frame = pd.DataFrame([(g, v) for g, values in groups.items() for v in values], columns=["g", "v"])
+    frame = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)  # groups interleaved
+    got = aggregate(frame, ["g"], "v", scale=scale).set_index("g")
+    assert list(got.index) == sorted(groups)
+    for name, values in groups.items():
+        expected = summarize(values, scale=scale)
+        for column, value in expected.items():
+            assert got.loc[name, column] == pytest.approx(value, rel=1e-12, nan_ok=True), (name, column)
+
+
 def test_summarize_bootstrap_and_edge_cases():
     values = [0.9, 0.92, 0.94, 0.96]
     boot = summarize(values, method="bootstrap", n_boot=4000, seed=1)

@@ -142,17 +142,73 @@ def aggregate(frame: pd.DataFrame, by: Sequence[str], value: str = "test_acc", *
     if not by:
         rows = [summarize(values, level, method, n_boot, seed, scale)]
         return pd.DataFrame(rows, columns=AGG_COLUMNS).astype({"n": "int64", "n_missing": "int64", "n_zero": "int64"})
+    if method not in ("t", "bootstrap"):
+        raise ValueError(f"method must be 't' or 'bootstrap', got {method!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     # group by codes and slices of one sorted array, not by pandas' per-group frames: a report aggregates
     # thousands of (configuration, epoch) groups, and building a frame per group cost more than the statistics
     codes = frame.groupby(by, sort=True, dropna=False).ngroup().to_numpy()
     order = np.argsort(codes, kind="stable")
     starts = np.flatnonzero(np.r_[True, np.diff(codes[order]) != 0])
     ends = np.r_[starts[1:], len(order)]
-    keys = frame[by].iloc[order[starts]].itertuples(index=False, name=None)
-    rows = [{**dict(zip(by, key)), **summarize(values[order[a:b]], level, method, n_boot, seed, scale)}
-            for key, a, b in zip(keys, starts, ends)]
-    out = pd.DataFrame(rows, columns=[*by, *AGG_COLUMNS])
+    keys = pd.DataFrame(list(frame[by].iloc[order[starts]].itertuples(index=False, name=None)), columns=by)
+    if method == "t":  # every group at once (6,500 groups in the init_depth report: 0.3 s one by one)
+        stats = _t_statistics(values[order], starts, level, scale)
+    else:
+        stats = pd.DataFrame([summarize(values[order[a:b]], level, method, n_boot, seed, scale)
+                              for a, b in zip(starts, ends)], columns=AGG_COLUMNS)
+    out = pd.concat([keys, stats], axis=1)
     return out.astype({"n": "int64", "n_missing": "int64", "n_zero": "int64"})
+
+
+def _t_statistics(values: np.ndarray, starts: np.ndarray, level: float, scale: str) -> pd.DataFrame:
+    """:func:`summarize` with the t interval for every group of ``values`` at once: group ``i`` is
+    ``values[starts[i]:starts[i + 1]]`` (non-empty). Columns ``AGG_COLUMNS``."""
+    from scipy.special import stdtrit  # as _t_quantile
+
+    sizes = np.diff(np.r_[starts, len(values)])
+    group = np.repeat(np.arange(len(starts)), sizes)
+    finite = np.isfinite(values)
+
+    def total(x):
+        return np.add.reduceat(x, starts)
+
+    def mean_std(x, keep):
+        """Per-group count, mean and std (ddof=1) of ``x`` where ``keep``; NaN where undefined."""
+        n = total(keep.astype(float))
+        x = np.where(keep, x, 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = total(x) / n
+            dev = np.where(keep, x - mean[group], 0.0)
+            std = np.sqrt(total(dev * dev) / (n - 1))
+        return n, np.where(n > 0, mean, np.nan), np.where(n >= 2, std, np.nan)
+
+    def half_width(n, std):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(n >= 2, stdtrit(np.maximum(n - 1, 1), 0.5 + level / 2) * std / np.sqrt(n), np.nan)
+
+    n, mean, std = mean_std(values, finite)
+    n_zero = total((finite & (values == 0)).astype(float)) if scale == "log" else np.zeros(len(starts))
+    if scale == "log":  # geometric mean, interval on the logs of the positive values
+        positive = finite & (values > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            n_pos, log_mean, log_std = mean_std(np.log(np.where(positive, values, 1.0)), positive)
+        half = half_width(n_pos, log_std)
+        center = np.where(n_pos > 0, np.exp(log_mean), np.where(n_zero > 0, 0.0, np.nan))
+        low, high = np.exp(log_mean - half), np.exp(log_mean + half)
+    else:
+        half = half_width(n, std)
+        center, low, high = mean, mean - half, mean + half
+        if scale == "fraction":
+            low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        sem = np.where(n >= 2, std / np.sqrt(n), np.nan)
+    lowest = np.minimum.reduceat(np.where(finite, values, np.inf), starts)
+    highest = np.maximum.reduceat(np.where(finite, values, -np.inf), starts)
+    return pd.DataFrame({"n": n, "n_missing": sizes - n, "n_zero": n_zero, "mean": center, "std": std, "sem": sem,
+                         "ci_low": low, "ci_high": high, "min": np.where(n > 0, lowest, np.nan),
+                         "max": np.where(n > 0, highest, np.nan)}, columns=AGG_COLUMNS)
 
 
 def config_label(runs: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
