@@ -94,12 +94,12 @@ def load_study(experiment: str, tracking_uri: str | None = None, metric: str = "
 
     ``parent_run_id``: only the child runs of that sweep (default: every training run of the experiment).
     """
-    with gc_paused():
+    with _gc_paused():
         return _load_study(experiment, tracking_uri, metric, client, parent_run_id)
 
 
 @contextmanager
-def gc_paused() -> Iterator[None]:
+def _gc_paused() -> Iterator[None]:
     """Python's cyclic garbage collector paused inside (then resumed, if it ran before).
 
     Reading a study allocates about a million short-lived objects (the SQL rows, MLflow's entities, pandas'
@@ -116,7 +116,7 @@ def gc_paused() -> Iterator[None]:
 
 
 @contextmanager
-def gc_frozen() -> Iterator[None]:
+def _gc_frozen() -> Iterator[None]:
     """Everything alive now (the study) moved out of the collector's sight inside, back at the end.
 
     Drawing makes reference cycles (every figure is one), so the collector must run; frozen, its full
@@ -243,7 +243,7 @@ def draw(study: Study, out: Path, metric: str = "test_acc", workers: int | None 
     """
     names = list(figures(study))
     workers = drawing_workers(len(names)) if workers is None else min(workers, len(names))
-    with gc_frozen():
+    with _gc_frozen():
         if workers <= 1 or "fork" not in multiprocessing.get_all_start_methods():
             for name, fig in make_figures(study, metric):
                 _save(fig, out / name)
