@@ -1,10 +1,13 @@
 """python -m nnlab.report: figures + index.md from a synthetic sweep; bad input leaves nothing behind."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +148,36 @@ def test_a_figure_that_fails_in_a_worker_fails_the_report_nothing_written(uri, t
     with pytest.raises(ValueError, match="drawing failed on purpose"):
         main(["--experiment", "fake", "--tracking-uri", uri, "--out", str(tmp_path / "out"), "--workers", workers])
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_workers_draw_stops_them_at_once(uri, tmp_path):
+    """SIGINT to the process group while 2 workers are inside their figures: the command ends within a few
+    seconds with KeyboardInterrupt, and no process of its group is left (the workers ignore SIGINT and are
+    stopped by the process that started them)."""
+    script = "\n".join([
+        "import pathlib, time",
+        "from nnlab.analysis import plots",
+        "from nnlab.report import draw, load_study",
+        "plots.final_accuracy = plots.accuracy_heatmap = lambda *args, **kwargs: time.sleep(60)",
+        f"study = load_study('fake', {uri!r})",
+        "print('drawing', flush=True)",
+        f"draw(study, pathlib.Path({str(tmp_path)!r}), workers=2)",
+    ])
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True, env={**os.environ, "MPLBACKEND": "Agg"})
+    try:
+        assert proc.stdout.readline().strip() == "drawing", proc.stderr.read()
+        time.sleep(1.5)  # both workers asleep in their figure
+        start = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: every process of the group
+        proc.wait(timeout=20)
+        took = time.monotonic() - start
+        err = proc.stderr.read()
+        assert proc.returncode != 0 and "KeyboardInterrupt" in err, err[-2000:]
+        assert took < 5, took
+        time.sleep(0.5)
+        with pytest.raises(ProcessLookupError):  # nothing of the group left
+            os.killpg(proc.pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

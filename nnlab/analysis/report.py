@@ -17,10 +17,10 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import tempfile
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,10 +250,16 @@ def draw(study: Study, out: Path, metric: str = "test_acc", workers: int | None 
             return names
         global _DRAWING
         _DRAWING = (_makers(study, metric), out)
-        try:  # each worker has the study in memory (forked) and sends back only a file name
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-                list(pool.map(_draw_one, names))
+        # each worker has the study in memory (forked) and sends back only a file name
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_worker_signals)
+        try:
+            pool.map(_draw_one, names, chunksize=1)
+            pool.close()
+        except BaseException:  # a figure failed, or this process was interrupted: stop the others at once
+            pool.terminate()
+            raise
         finally:
+            pool.join()
             _DRAWING = None
     return names
 
@@ -265,6 +271,14 @@ def drawing_workers(n_figures: int) -> int:
     if "fork" not in multiprocessing.get_all_start_methods() or threading.active_count() > 1:
         return 1
     return max(1, min(MAX_DRAWING_WORKERS, os.cpu_count() or 1, n_figures))
+
+
+def _worker_signals() -> None:
+    """A drawing worker leaves Ctrl-C (SIGINT, sent to the whole process group) to the process that started
+    it, which stops its workers with SIGTERM, here the default: the end. The handlers it would otherwise
+    inherit are the caller's (a sweep's raise an exception in its main loop)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _draw_one(name: str) -> str:
