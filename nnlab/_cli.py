@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import gc
+import sys
+from typing import Iterator
 
 
 @functools.cache
@@ -17,6 +20,26 @@ def exit_without_final_collection() -> None:
     Registered once, by the command-line entry points (``cli`` in nnlab.run and nnlab.report).
     """
     atexit.register(gc.freeze)
+
+
+@contextlib.contextmanager
+def first_import_without_collection(module: str) -> Iterator[None]:
+    """Inside: the first import of ``module`` (and what comes with it) in this process, with the cyclic
+    garbage collector paused; what is left alive afterwards is frozen out of later collections (module-level
+    objects: never garbage; cycles made later are still collected).
+
+    The report command's imports (MLflow, pandas, matplotlib) leave ~200k objects alive and trigger full
+    collections over all of them as the heap grows: ~0.3 s of its ~1.3 s import CPU. Nothing changes where
+    ``module`` is imported already or the collector is off (a test session, a notebook)."""
+    if module in sys.modules or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+        gc.freeze()
+    finally:
+        gc.enable()
 
 
 @functools.cache

@@ -15,11 +15,13 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from nnlab._cli import exit_without_final_collection
-from nnlab.analysis.report import (DEFAULT_OUT, DPI, FIGURES, INSTRUMENT_FIGURES, MAX_DRAWING_WORKERS,  # noqa: F401
-                                   THEORY_FIGURES, TRAINABILITY_FIGURE, SweepReportError, draw, figures, load_study,
-                                   make_figures, write_report, write_sweep_report)
-from nnlab.analysis.records import AnalysisError
+from nnlab._cli import exit_without_final_collection, first_import_without_collection
+
+with first_import_without_collection("mlflow"):
+    from nnlab.analysis.report import (DEFAULT_OUT, DPI, FIGURES, INSTRUMENT_FIGURES,  # noqa: F401
+                                       MAX_DRAWING_WORKERS, THEORY_FIGURES, TRAINABILITY_FIGURE, SweepReportError,
+                                       draw, figures, load_study, make_figures, write_report, write_sweep_report)
+    from nnlab.analysis.records import AnalysisError
 
 # the library's names, for scripts and tests that drive the report from Python
 __all__ = ["DEFAULT_OUT", "DPI", "FIGURES", "INSTRUMENT_FIGURES", "THEORY_FIGURES", "TRAINABILITY_FIGURE",

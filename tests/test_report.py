@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -181,3 +182,30 @@ def test_ctrl_c_while_workers_draw_stops_them_at_once(uri, tmp_path):
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+_IMPORT = """
+import gc, json
+{before}
+full = []
+gc.callbacks.append(lambda phase, info: full.append(1) if phase == "start" and info["generation"] == 2 else None)
+import nnlab.report
+print(json.dumps({{"full": len(full), "enabled": gc.isenabled(), "frozen": gc.get_freeze_count()}}))
+"""
+
+
+@pytest.mark.parametrize("case", ["first-import", "mlflow-imported-already"])
+def test_the_report_command_imports_its_library_without_garbage_collection(case):
+    """``import nnlab.report`` (what ``python -m nnlab.report`` runs first) imports MLflow, pandas and matplotlib
+    with no full collection over the ~200k objects they leave, which are then frozen out of later ones; a
+    process that imported MLflow before (a test session, a notebook) is left as it was."""
+    before = "import mlflow" if case == "mlflow-imported-already" else ""
+    out = subprocess.run([sys.executable, "-c", _IMPORT.format(before=before)], capture_output=True, text=True,
+                         env={**os.environ, "MPLBACKEND": "Agg"}, timeout=120)
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout.splitlines()[-1])
+    assert seen["enabled"] is True
+    if case == "first-import":
+        assert seen["full"] == 0 and seen["frozen"] > 100_000
+    else:
+        assert seen["full"] > 0 and seen["frozen"] == 0

@@ -122,12 +122,16 @@ def _gc_frozen() -> Iterator[None]:
     Drawing makes reference cycles (every figure is one), so the collector must run; frozen, its full
     collections no longer walk the study's objects (2 of them took ~0.6 s of drawing the init_depth report),
     and forked workers do not touch the pages those objects share with the parent (what ``gc.freeze`` is for).
+    Where something was frozen before (the command froze its imports), everything stays frozen at the end:
+    ``gc.unfreeze`` would release that too. Frozen objects are still freed when nothing refers to them.
     """
+    frozen_before = gc.get_freeze_count()
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not frozen_before:
+            gc.unfreeze()
 
 
 def _load_study(experiment: str, tracking_uri: str | None, metric: str, client: MlflowClient | None,
