@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from nnlab._cli import first_import_without_collection
 from nnlab.record.names import (EXPERIMENT_KIND, FAILURE_EPOCH_TAG, FAILURE_MESSAGE_TAG, FAILURE_TAG, GIT_COMMIT_TAG, GIT_DIRTY_TAG,
                                 HOST_TAG, PARENT_TAG, PID_TAG, ROLE_TAG, RUN_UID_TAG, SWEEP_TAG)
 from nnlab.record.signals import deliver, held, signal_of
@@ -668,34 +669,14 @@ def _check_sqlite(uri: str) -> None:
         raise StoreUnavailable(uri, f"{path if path.exists() else path.parent} is not writable")
 
 
-@contextlib.contextmanager
-def _collector_paused_for_first_import() -> Iterator[None]:
-    """MLflow's first import in this process (with its store's modules: SQLAlchemy, alembic, the ORM
-    models), with the cyclic garbage collector paused, then what start-up left alive frozen out of
-    later collections (``gc.freeze``, as ``nnlab._cli.freeze_startup_heap`` does at a job's start).
-
-    Why: the import leaves ~300k objects alive that are never garbage, and as the heap grows by a
-    quarter CPython walks all of it again: five full collections in a one-epoch command, its
-    collector's passes 0.33 s CPU of 1.86 s, 0.04 s with the pause (docs/speed.md, start-up). Once per
-    process: when MLflow is imported already (a later client, a test session) nothing changes."""
-    import gc
-
-    if "mlflow" in sys.modules or not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-        gc.freeze()  # module-level objects: never garbage; cycles made later are still collected
-    finally:
-        gc.enable()
-
-
 @functools.lru_cache(maxsize=8)
 def _client(uri: str) -> Any:
     # one client per store and process: creating one costs ~50 ms (store set-up, schema check),
-    # which an in-process sweep would otherwise pay for every job
-    with _schema_lock(uri), _collector_paused_for_first_import():
+    # which an in-process sweep would otherwise pay for every job. MLflow's first import (its store's
+    # modules with it) leaves ~300k objects alive that are never garbage, and CPython walked them all in
+    # five full collections of a one-epoch command (0.33 s of 1.86 s CPU; 0.04 s with the collector paused
+    # and them frozen, docs/speed.md, start-up)
+    with _schema_lock(uri), first_import_without_collection("mlflow"):
         from mlflow import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
