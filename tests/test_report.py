@@ -209,3 +209,26 @@ def test_the_report_command_imports_its_library_without_garbage_collection(case)
         assert seen["full"] == 0 and seen["frozen"] > 100_000
     else:
         assert seen["full"] > 0 and seen["frozen"] == 0
+
+
+def test_the_page_says_which_sweeps_built_the_record(tmp_path):
+    """One sentence per parent run, oldest first: its overrides, its grid's jobs, the runs of the record that
+    came from it (failed ones counted) and its wall time; a run outside any sweep adds nothing."""
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from nnlab.analysis.report import sweeps_built
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("s")
+    first = client.create_run(exp, start_time=1_000, tags={"nnlab.role": "sweep", "nnlab.jobs": "4",
+                                                           "overrides": "+experiment=smoke"})
+    client.set_terminated(first.info.run_id, end_time=1_000 + 125_000)
+    second = client.create_run(exp, start_time=200_000, tags={"nnlab.role": "sweep", "nnlab.jobs": "6",
+                                                              "overrides": "+experiment=smoke resume=true"})
+    client.set_terminated(second.info.run_id, end_time=200_000 + 9_000)
+    runs = pd.DataFrame({"parent_run_id": [first.info.run_id] * 3 + [second.info.run_id] * 2 + [None],
+                         "failed": [False, True, False, False, False, False]})
+    assert sweeps_built(client, exp, runs) == (
+        "`python -m nnlab.run -m +experiment=smoke`: 4 jobs, 3 of the record's runs from it (1 failed) in 2 min 5 s",
+        "`python -m nnlab.run -m +experiment=smoke resume=true`: 6 jobs, 2 of the record's runs from it (0 failed) in 9 s")
