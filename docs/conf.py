@@ -60,7 +60,7 @@ add_module_names = False
 # still checks every reference into nnlab itself; these patterns only excuse the outside world.
 nitpick_ignore_regex = [
     (r"py:.*", r"(numpy|np|pandas|pd|matplotlib|mpl|seaborn|sns|mlflow|omegaconf|hydra|scipy|sklearn)(\..*)?"),
-    (r"py:.*", r"(typing|collections|collections\.abc|dataclasses|pathlib|os|enum|abc)\..*"),
+    (r"py:.*", r"(typing|collections|collections\.abc|dataclasses|pathlib|os|enum|abc|re)\..*"),
     (r"py:.*", r"(Path|Sequence|Mapping|Iterable|Iterator|Callable|Any|Literal|Optional|Union|NDArray)"),
     (r"py:.*", r"(np|numpy)\.(ndarray|dtype|random\.Generator|floating|integer)"),
     (r"py:class", r"(ArrayLike|DTypeLike|Array|Axes|Figure|DataFrame|Series|MlflowClient|Run)"),

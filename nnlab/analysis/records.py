@@ -131,7 +131,7 @@ def get_experiment_id(client: MlflowClient, experiment: str) -> str:
 
 def search_all_runs(client: MlflowClient, experiment_id: str) -> list[Run]:
     """Every active run of an experiment, oldest first: read as plain columns from MLflow's SQL store
-    (:func:`_runs_columns`), else through ``MlflowClient.search_runs``, following its pagination."""
+    (``_runs_columns``), else through ``MlflowClient.search_runs``, following its pagination."""
     store = _bulk_store(client)
     runs = _runs_columns(store, experiment_id) if store is not None else None
     return runs if runs is not None else _search_runs_api(client, experiment_id)
