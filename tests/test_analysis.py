@@ -95,6 +95,18 @@ def test_history_bulk_and_per_run_paths_agree(store, history):
     pd.testing.assert_frame_equal(history, slow)
 
 
+def test_an_mlflow_release_the_columns_were_not_checked_against_is_read_through_search_runs(store, monkeypatch):
+    import mlflow
+
+    client = MlflowClient(store[0])
+    exp_id = get_experiment_id(client, "fake")
+    assert records._runs_columns(records._bulk_store(client), exp_id) is not None
+    monkeypatch.setattr(mlflow, "__version__", "3.99.0")
+    assert records._runs_columns(records._bulk_store(client), exp_id) is None
+    assert [r.info.run_id for r in records.search_all_runs(client, exp_id)] == \
+        [r.info.run_id for r in records._search_runs_api(client, exp_id)]
+
+
 def test_runs_read_as_columns_match_mlflow_search(store):
     """The SQL store's column read (records._runs_columns) returns what MlflowClient.search_runs returns:
     the same runs in the same order, with the same info, params, tags and latest metrics (NaN included);

@@ -156,7 +156,8 @@ def _runs_columns(store, experiment_id: str) -> list[Run] | None:
 
     ``search_runs`` builds an ORM object per run, param, tag and latest metric (the 135-run init_depth
     study logs ~180 metric names a run: 24,000 objects, ~0.7 s a search on an idle 2-core machine); plain
-    columns take ~0.1 s. ``None`` for any other store (the caller falls back to the public API).
+    columns take ~0.1 s. ``None`` for any other store, or an MLflow release the columns were not checked against
+    (``nnlab.record.store.SQL_WRITER_MLFLOW``): the caller falls back to the public API.
     """
     try:
         from mlflow.entities import LifecycleStage, Metric, Param, RunData, RunInfo, RunTag
@@ -165,7 +166,9 @@ def _runs_columns(store, experiment_id: str) -> list[Run] | None:
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
     except ImportError:  # pragma: no cover - an MLflow without its SQL store
         return None
-    if not isinstance(store, SqlAlchemyStore):
+    from nnlab.record.store import sql_tables_checked
+
+    if not isinstance(store, SqlAlchemyStore) or not sql_tables_checked():
         return None
     with store.ManagedSessionMaker() as session:
         # the hook MLflow's own search applies (workspaces may hide experiments)

@@ -707,21 +707,25 @@ class GuardedClient:
         return guarded
 
 
-# The MLflow releases whose metrics/latest_metrics rows ``SqlMetricWriter`` was checked against (row by row
-# with log_batch, tests/test_sql_metrics.py). Another release writes through log_batch: slower, never wrong.
-# After upgrading MLflow, run tests/test_sql_metrics.py and add its minor version here.
+# The MLflow releases whose SQL tables nnlab writes and reads directly were checked against: the metric rows
+# ``SqlMetricWriter`` writes (row by row against log_batch, tests/test_sql_metrics.py) and the runs the report
+# reads as columns (against search_runs, tests/test_analysis.py). Under another release both go through
+# MLflow's API: slower, never different. After upgrading MLflow, run those tests and add its minor version.
 SQL_WRITER_MLFLOW = ("3.17",)
+
+
+def sql_tables_checked() -> bool:
+    """The installed MLflow is one of ``SQL_WRITER_MLFLOW``."""
+    import mlflow
+
+    return ".".join(mlflow.__version__.split(".")[:2]) in SQL_WRITER_MLFLOW
 
 
 def _sql_writer(client: Any) -> Any:
     """A ``SqlMetricWriter`` for nnlab's own client (``GuardedClient``) on MLflow's SQL store, else None:
     an HTTP store, any other client (a test's wrapper that watches ``log_batch``) or an MLflow release not
     in ``SQL_WRITER_MLFLOW`` goes through ``log_batch``."""
-    if type(client) is not GuardedClient:
-        return None
-    import mlflow
-
-    if ".".join(mlflow.__version__.split(".")[:2]) not in SQL_WRITER_MLFLOW:
+    if type(client) is not GuardedClient or not sql_tables_checked():
         return None
     store = getattr(getattr(client._client, "_tracking_client", None), "store", None)
     try:
