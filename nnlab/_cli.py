@@ -8,6 +8,8 @@ import gc
 import sys
 from typing import Iterator
 
+from nnlab.record import signals
+
 
 @functools.cache
 def exit_without_final_collection() -> None:
@@ -17,9 +19,19 @@ def exit_without_final_collection() -> None:
     and scikit-learn imported that takes ~0.9 s of every command's wall time and frees nothing the
     operating system would not. Freezing the heap from an exit handler skips those passes; every
     other exit handler (logging's flush, MLflow's, joblib's) and every finaliser still runs.
-    Registered once, by the command-line entry points (``cli`` in nnlab.run and nnlab.report).
+    Registered once, by the command-line entry points (``cli`` in nnlab.run, nnlab.runs and nnlab.report),
+    before anything else registers one, so it runs last.
+
+    It also ignores SIGINT and SIGTERM for what follows: Python 3.11 puts the default actions back
+    before it tears the modules down (``_PySignal_Fini`` in ``Py_FinalizeEx``), and a Ctrl-C in those
+    ~50 ms would kill a command that has done everything (status -2, not its own). Nothing is left to stop.
     """
-    atexit.register(gc.freeze)
+    atexit.register(_last_exit_handler)
+
+
+def _last_exit_handler() -> None:
+    gc.freeze()
+    signals.ignore()
 
 
 @contextlib.contextmanager

@@ -167,6 +167,7 @@ def cli() -> None:
         print(_hydra_error_line(err), file=sys.stderr, flush=True)
         sys.exit(1 if started else 2)
     finally:
+        signals.end_at_once()  # the record is closed: a signal from here on ends the exit at once, 128 + signal
         if not full_error:
             os.environ.pop("HYDRA_FULL_ERROR", None)
 

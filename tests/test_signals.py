@@ -74,3 +74,52 @@ def test_signals_at_random_moments_around_held_blocks_are_never_swallowed():
     finally:
         child.kill()
         child.wait()
+
+
+# A command that has done its work and is exiting: a slow exit handler (as MLflow's or logging's can be under
+# load), then the interpreter's teardown, made slow by a module-level object whose finaliser waits
+ENDING = """
+import atexit, gc, os, sys, time
+from nnlab import _cli
+from nnlab.record import signals
+atexit.register(gc.unfreeze)  # runs after nnlab's last handler: a frozen heap is not torn down, this one must be
+_cli.exit_without_final_collection()  # as every entry point does first
+signals.raise_on_sigterm()
+
+class Teardown:
+    def __del__(self, write=os.write, sleep=time.sleep):  # the module's globals may be gone by now
+        write(1, b"teardown\\n")
+        sleep(1.0)
+
+keep = Teardown()  # finalised when this module is torn down, after every exit handler
+atexit.register(lambda: (print("exit handler", flush=True), time.sleep(1.0)))
+print("done", flush=True)
+signals.end_at_once()  # as nnlab.run's cli once its record is closed
+sys.exit(int(sys.argv[1]))
+"""
+
+
+@pytest.mark.parametrize("phase", ["exit handler", "teardown"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_a_finished_command_exits(phase, sig):
+    """In an exit handler: the process ends at once with 128 + signal, no traceback. In the interpreter's
+    teardown (where Python has put the default actions back): ignored, the command's own status, not -signal."""
+    child = subprocess.Popen([sys.executable, "-c", ENDING, "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        lines = []
+        while phase not in lines:
+            lines.append(child.stdout.readline().strip())
+            assert lines[-1] or child.poll() is None, lines
+        sent = time.monotonic()
+        child.send_signal(sig)
+        _, stderr = child.communicate(timeout=10)
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert "Traceback" not in stderr, stderr
+    if phase == "exit handler":
+        assert child.returncode == 128 + sig
+        assert time.monotonic() - sent < 0.5  # not after the handler's second
+    else:
+        assert child.returncode == 3

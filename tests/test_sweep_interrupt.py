@@ -70,7 +70,7 @@ def test_a_signal_stops_a_joblib_sweep_within_two_seconds(tmp_path, moment, sig)
             return len(kids) >= N_JOBS  # the last job has started
         if not wait_until(reached, process):
             pytest.skip(f"the sweep ended before the {moment} moment")
-        time.sleep(rng.uniform(0.0, 0.3))
+        time.sleep(rng.uniform(0.0, 0.1 if moment == "late" else 0.3))  # a job takes ~0.3 s: late is in the last one
         sent = time.monotonic()
         (lambda: __import__("os").killpg(process.pid, signum) if group else process.send_signal(signum))()
         _, stderr = process.communicate(timeout=60)
@@ -100,3 +100,28 @@ def test_a_signal_stops_a_joblib_sweep_within_two_seconds(tmp_path, moment, sig)
     said = (int(found[2]), int(found[3]), int(found[4] or 0), int(found[5]))
     assert found[1] == sig and int(found[6]) == N_JOBS, where
     assert said == store_counts(record, sig), f"{where}: summary {said}, store {store_counts(record, sig)}\n{stderr}"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_ctrl_c_just_after_the_summary_ends_the_command_with_its_own_status_or_130(tmp_path, seed):
+    """Ctrl-C within 60 ms of the sweep's last line, while the process exits: a finished sweep stays
+    finished, and the status is the sweep's own (0: the signal came after everything) or 130, never a bare
+    -2 (Python puts the default action back before it tears its modules down) nor a traceback."""
+    delay = random.Random(seed).uniform(0.0, 0.06)
+    db = tmp_path / "mlflow.db"
+    process = start(tmp_path, "seed=range(0,2)", "trainer.epochs=2", *SMALL, *JOBLIB, "tracking.sweep_report=false")
+    try:
+        for line in process.stderr:
+            if line.lstrip().startswith("then:"):  # the last line: the UI link
+                break
+        time.sleep(delay)
+        __import__("os").killpg(process.pid, signal.SIGINT)
+        _, rest = process.communicate(timeout=30)
+    finally:
+        finish(process)
+    assert process.returncode in (0, 128 + signal.SIGINT), f"{delay:.3f}s after the last line\n{rest}"
+    assert "Traceback" not in rest, rest
+    assert_no_process_left(process.pid, patience=0.5)
+    record = runs(db)
+    assert [r["status"] for r in parents(record)] == ["FINISHED"]
+    assert sorted(r["status"] for r in children(record)) == ["FINISHED", "FINISHED"]
