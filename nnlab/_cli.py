@@ -5,10 +5,9 @@ import atexit
 import contextlib
 import functools
 import gc
+import signal
 import sys
 from typing import Iterator
-
-from nnlab.record import signals
 
 
 @functools.cache
@@ -31,7 +30,8 @@ def exit_without_final_collection() -> None:
 
 def _last_exit_handler() -> None:
     gc.freeze()
-    signals.ignore()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 @contextlib.contextmanager

@@ -170,10 +170,3 @@ def end_at_once() -> None:
 
     for signum in SIGNALS:
         signal.signal(signum, handler)
-
-
-def ignore() -> None:
-    """SIGINT and SIGTERM ignored from now on: for the last moments of a process that has nothing left to
-    stop (see ``nnlab._cli.exit_without_final_collection``). Main thread only."""
-    for signum in SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
