@@ -40,6 +40,9 @@ def test_name_without_axes_and_with_many_axes():
 
 def test_name_drops_override_prefixes_and_duplicates():
     assert parent_run_name("s", ["+experiment", "~x.lr", "x.lr"], STARTED, "x-abcd").startswith("s: experiment×lr ")
+    # a config group chosen per job, with the package it is merged into: the group's own name
+    assert parent_run_name("s", ["+experiment/depth_arch@_global_", "model.depth"], STARTED,
+                           "x-abcd").startswith("s: depth_arch×depth ")
 
 
 def test_summary_counts_best_and_time():

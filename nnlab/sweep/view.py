@@ -23,8 +23,9 @@ from nnlab.record.names import (BEST_METRIC, BEST_RUN_ID_TAG, BEST_RUN_TAG, JOBS
 
 
 def _axis_label(key: str) -> str:
-    """How an axis reads in a name: ``init``; ``model.depth`` -> ``depth``; ``+experiment`` -> ``experiment``."""
-    return key.lstrip("~+").rsplit(".", 1)[-1]
+    """How an axis reads in a name: ``init``; ``model.depth`` -> ``depth``; ``+experiment`` -> ``experiment``;
+    a config group with its package, ``+experiment/depth_arch@_global_`` -> ``depth_arch``."""
+    return key.lstrip("~+").split("@", 1)[0].rsplit("/", 1)[-1].rsplit(".", 1)[-1]
 
 
 def parent_run_name(study: str, axes: Sequence[str], started: float, sweep_id: str) -> str:
